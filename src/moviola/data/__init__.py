@@ -1,0 +1,1 @@
+"""moviola.data (kept import-free so submodules load only what they need)."""

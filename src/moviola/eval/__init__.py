@@ -1,0 +1,1 @@
+"""moviola.eval (kept import-free so submodules load only what they need)."""
