@@ -1,0 +1,66 @@
+"""Classifier-free guidance, generic over every ``Conditioning`` field (Ho & Salimans 2022)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+
+from moviola.conditioning.base import Conditioning
+
+
+def _batch_timesteps(t: Union[int, torch.Tensor], x_t: torch.Tensor) -> torch.Tensor:
+    """t as a (B,) or (B, T) long tensor on x_t's device; a number or a single value is expanded to the batch."""
+    t = torch.as_tensor(t, device=x_t.device)
+    if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1 and x_t.shape[0] != 1):
+        t = t.reshape(()).expand(x_t.shape[0])
+    return t.long()
+
+
+def classifier_free_guidance(
+    model,
+    x_t: torch.Tensor,
+    t: Union[int, torch.Tensor],
+    cond: Conditioning,
+    uncond: Optional[Conditioning],
+    scale: float,
+    learned_sigma: bool = False,
+) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)`` on the mean channels, in one doubled batch.
+
+    ``uncond`` defaults to ``cond.null()`` (every guidable field nulled). With ``learned_sigma``,
+    the last C channels (the variance interpolation) come from the conditional half unchanged,
+    as in GLIDE / DiT / Latte. ``scale == 1`` returns exactly the conditional prediction and
+    skips the unconditional pass.
+    """
+    t = _batch_timesteps(t, x_t)
+    if scale == 1.0:
+        return model(x_t, t, cond)
+    if uncond is None:
+        uncond = cond.null()
+    B, C = x_t.shape[0], x_t.shape[1]
+    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]))
+    out_c, out_u = out[:B], out[B:]  # (2B, ...) -> conditional half, unconditional half
+    mean_c, mean_u = out_c[:, :C], out_u[:, :C]
+    guided = mean_u + scale * (mean_c - mean_u)
+    if learned_sigma:
+        return torch.cat([guided, out_c[:, C:]], dim=1)
+    if out.shape[1] != C:
+        raise ValueError(f"model returned {out.shape[1]} channels for x with {C}; pass learned_sigma=True "
+                         "if the model learns its variance")
+    return guided
+
+
+def guided_model_fn(
+    model,
+    cond: Conditioning,
+    uncond: Optional[Conditioning],
+    scale: float,
+    learned_sigma: bool = False,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``model_fn(x_t, t)`` for ``samplers.sample`` that applies classifier-free guidance.
+
+    t may be a number, a (B,) or a (B, T) tensor. A single value is expanded to the batch.
+    """
+    def model_fn(x_t: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
+        return classifier_free_guidance(model, x_t, t, cond, uncond, scale, learned_sigma)
+    return model_fn
