@@ -1,0 +1,5 @@
+import sys
+
+from moviola.cli import main
+
+sys.exit(main())
