@@ -103,6 +103,28 @@ def _cmd_data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_shapes(args: argparse.Namespace) -> int:
+    from moviola.eval.shapes_eval import evaluate_checkpoint, evaluate_folder, write_rows_csv
+
+    if (args.checkpoint is None) == (args.videos is None):
+        raise ValueError("give exactly one of --checkpoint (sample and score) or --videos DIR (score files)")
+    if args.checkpoint is not None:
+        if args.per_class <= 0:
+            raise ValueError("--per-class must be at least 1")
+        result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
+                                     sampler=args.sampler, seed=args.seed, device=args.device)
+    else:
+        result = evaluate_folder(args.videos)
+    rows = result.pop("rows")
+    if args.csv:
+        write_rows_csv(rows, args.csv)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -149,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seed", type=int, default=0)
     ds.add_argument("--bounce", action="store_true")
     ds.set_defaults(fn=_cmd_data_shapes)
+
+    e = sub.add_parser("eval", help="evaluate generated videos")
+    esub = e.add_subparsers(dest="metric", required=True)
+    es = esub.add_parser("shapes", help="Moving Shapes colour/shape/direction accuracy, per split")
+    es.add_argument("--checkpoint", help="a class-conditional Moving Shapes checkpoint: sample every class and score")
+    es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
+    es.add_argument("--per-class", type=int, default=1)
+    es.add_argument("--steps", type=int, default=50)
+    es.add_argument("--cfg", type=float)
+    es.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--device", default=None)
+    es.add_argument("--csv", help="write one row per video here")
+    es.add_argument("--json", help="write the summary here")
+    es.set_defaults(fn=_cmd_eval_shapes)
     return p
 
 
@@ -161,6 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"moviola: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from moviola.training.trainer import TrainingDiverged  # already imported if it was raised
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        print(f"moviola: error: {e}", file=sys.stderr)  # a diverged run: a message, not a traceback
+        return 1
     except KeyboardInterrupt:
         print("moviola: interrupted", file=sys.stderr)
         return 130

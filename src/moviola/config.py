@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -125,14 +126,11 @@ class RunConfig:
         m, d, t = self.model, self.data, self.train
         if d.size <= 0 or d.frames <= 0:
             raise ConfigError(f"data.size and data.frames must be positive (got {d.size}, {d.frames})")
-        factor = 8 if self.autoencoder.kind == "frame_vae" else 1
+        factor = autoencoder_spatial_factor(self.autoencoder)
         if d.size % (m.patch_size * factor) != 0:
             raise ConfigError(
                 f"data.size={d.size} is not divisible by model.patch_size × autoencoder factor "
                 f"= {m.patch_size}×{factor}; pick a size that is a multiple of {m.patch_size * factor}")
-        if self.autoencoder.kind == "frame_vae" and not self.autoencoder.path:
-            raise ConfigError("autoencoder.kind=frame_vae needs autoencoder.path "
-                              "(a local diffusers-format AutoencoderKL directory)")
         if d.dataset == "folder" and not d.root:
             raise ConfigError("data.dataset=folder needs data.root (a folder of videos)")
         resolve_model_dims(m)  # raises on an unknown size or heads not dividing width
@@ -150,6 +148,25 @@ class RunConfig:
         if not 0.0 <= m.class_dropout_prob < 1.0:
             raise ConfigError(f"model.class_dropout_prob must be in [0, 1) (got {m.class_dropout_prob})")
         return self
+
+
+def autoencoder_spatial_factor(cfg: AutoencoderConfig) -> int:
+    """How many pixels one latent pixel covers, read from the VAE's config.json (no weights loaded)."""
+    if cfg.kind == "identity":
+        return 1
+    if not cfg.path:
+        raise ConfigError("autoencoder.kind=frame_vae needs autoencoder.path "
+                          "(a local diffusers-format AutoencoderKL directory)")
+    root = Path(cfg.path)
+    found = next((p for p in (root / "config.json", root / "vae" / "config.json") if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"autoencoder.path {root} has no config.json (nor vae/config.json): "
+                          "expected a local diffusers-format AutoencoderKL directory")
+    try:
+        blocks = json.loads(found.read_text())["block_out_channels"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{found} is not an AutoencoderKL config (no block_out_channels)") from None
+    return 2 ** (len(blocks) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +242,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key {prefix}{key!r}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
@@ -234,6 +251,35 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def to_dict(cfg: Any) -> dict:
     out = dataclasses.asdict(cfg)
     return json.loads(json.dumps(out))  # tuples -> lists, a plain JSON-able tree
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 floats: ``1e-4`` is the number 0.0001, not a string.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot (``1.0e-4``), so ``lr: 1e-4``
+    would load as the string '1e-4' and fail the type check.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""),
+    list("-+0123456789."))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` over ``base``, section by section (a partial section keeps the other keys)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -255,7 +301,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -270,13 +316,13 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = _yaml_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     if data is not None:
-        tree = {**tree, **data}
+        tree = _merge(tree, data)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(tree, key, value)

@@ -47,7 +47,7 @@ def resolve_model_dims(cfg) -> ModelDims:
     if dims.hidden_size % dims.num_heads:
         raise ConfigError(f"model.hidden_size={dims.hidden_size} is not divisible by "
                           f"model.num_heads={dims.num_heads}")
-    if (dims.hidden_size // dims.num_heads) % 2 or dims.hidden_size % 4:
+    if dims.hidden_size % 4:
         raise ConfigError(f"model.hidden_size={dims.hidden_size} must be a multiple of 4 "
                           "(2-D sin-cos position embedding)")
     if dims.depth % 2:

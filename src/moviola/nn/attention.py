@@ -8,6 +8,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` over (B, heads, L, head_dim).
+
+    On CPU, half-precision inputs are computed in float32: PyTorch's CPU flash-attention
+    backward is about 2× slower in bf16 than in fp32 for our shapes (benchmarks/attention.py),
+    while everything around it (the matmuls) keeps its bf16 speed-up.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False):
         super().__init__()
@@ -25,6 +40,6 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)  # (B, L, 3, h, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, L, hd)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, L, hd)
+        out = attention(q, k, v, attn_mask)  # (B, h, L, hd)
         out = out.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
         return self.proj(out)

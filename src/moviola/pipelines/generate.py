@@ -24,7 +24,7 @@ from moviola.utils import resolve_device
 class Pipeline:
     def __init__(self, model: torch.nn.Module, autoencoder: Autoencoder, schedule: NoiseSchedule,
                  config: RunConfig, device: Union[str, torch.device, None] = None):
-        self.device = resolve_device("auto") if device is None else torch.device(device)
+        self.device = resolve_device("auto" if device is None else device)
         self.model = model.to(self.device).eval()
         self.autoencoder = autoencoder.to(self.device).eval()
         self.schedule = schedule
@@ -90,12 +90,14 @@ def _load_config(ckpt: Path) -> RunConfig:
         raise CheckpointError(f"missing config.json in checkpoint {ckpt}") from None
 
 
-def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device] = "cpu",
+               latent_channels: Optional[int] = None) -> torch.nn.Module:
     """The denoiser of a checkpoint directory (or a run's newest checkpoint), in eval mode."""
     ckpt = resolve_checkpoint(path)
     cfg = _load_config(ckpt)
-    ae_channels = _latent_channels(cfg)
-    model = build_model(cfg.model, ae_channels)
+    if latent_channels is None:
+        latent_channels = 3 if cfg.autoencoder.kind == "identity" else build_autoencoder(cfg.autoencoder).latent_channels
+    model = build_model(cfg.model, latent_channels)
     name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
     sd = load_weights(ckpt, name)
     check_state_dict(model, sd, f"{ckpt}/{name}.safetensors")
@@ -103,19 +105,13 @@ def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, 
     return model.to(device).eval()
 
 
-def _latent_channels(cfg: RunConfig) -> int:
-    if cfg.autoencoder.kind == "identity":
-        return 3
-    return build_autoencoder(cfg.autoencoder).latent_channels
-
-
 def load_pipeline(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device, None] = None) -> Pipeline:
     """Autoencoder + denoiser + diffusion of a checkpoint (or a run directory's newest one)."""
     from moviola.training.trainer import build_schedule
 
-    dev = resolve_device("auto") if device is None else torch.device(device)
+    dev = resolve_device("auto" if device is None else device)
     ckpt = resolve_checkpoint(path)
     cfg = _load_config(ckpt)
     ae = build_autoencoder(cfg.autoencoder)
-    model = load_model(ckpt, weights=weights, device=dev)
+    model = load_model(ckpt, weights=weights, device=dev, latent_channels=ae.latent_channels)
     return Pipeline(model, ae, build_schedule(cfg), cfg, device=dev)

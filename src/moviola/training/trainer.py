@@ -33,6 +33,10 @@ from moviola.training.ema import EMA
 from moviola.utils import autocast, resolve_device
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps: the run stops, its last good checkpoint intact."""
+
+
 def build_schedule(cfg: RunConfig) -> NoiseSchedule:
     d = cfg.diffusion
     return NoiseSchedule(make_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end,
@@ -233,32 +237,35 @@ class Trainer:
                 if out is None:
                     self.bad_steps_total += 1
                     self.bad_steps_run += 1
-                    self._write_metrics({"step": self.step, "skipped_step": "non-finite loss or gradient",
+                    self._write_metrics({"step": self.step + 1, "skipped_step": "non-finite loss or gradient",
                                          "bad_steps_total": self.bad_steps_total})
                     if self.bad_steps_run >= cfg.train.max_bad_steps:
-                        raise RuntimeError(
+                        raise TrainingDiverged(
                             f"stopping: {self.bad_steps_run} consecutive steps had a non-finite loss or "
                             f"gradient (step {self.step}); the last good checkpoint is intact in "
                             f"{self.run_dir / 'checkpoints'}. Lower train.lr or check the data.")
                     self.step += 1
-                    continue
-                self.bad_steps_run = 0
-                self.step += 1
-                window_loss += out["loss"]
-                window_n += 1
-                bar.update(1)
-                if self.step % cfg.train.log_every == 0 or self.step == end:
-                    elapsed = time.perf_counter() - t_window
-                    last = {"step": self.step, **out, "loss": window_loss / window_n,
-                            "it_s": window_n / max(elapsed, 1e-9), "bad_steps_total": self.bad_steps_total,
-                            "time": time.time()}
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f"{last['it_s']:.2f}")
-                    self._write_metrics(last)
-                    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
-                if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
-                    self._write_metrics({"step": self.step, **self.judge()})
-                if self.on_step is not None:
-                    self.on_step(self.step, out)
+                    bar.update(1)
+                else:
+                    self.bad_steps_run = 0
+                    self.step += 1
+                    window_loss += out["loss"]
+                    window_n += 1
+                    bar.update(1)
+                    if self.step % cfg.train.log_every == 0 or self.step == end:
+                        elapsed = time.perf_counter() - t_window
+                        last = {"step": self.step, **out, "loss": window_loss / window_n,
+                                "it_s": window_n / max(elapsed, 1e-9), "bad_steps_total": self.bad_steps_total,
+                                "time": time.time()}
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f"{last['it_s']:.2f}")
+                        self._write_metrics(last)
+                        window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+                    if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+                        self._write_metrics({"step": self.step, **self.judge()})
+                    if self.on_step is not None:
+                        self.on_step(self.step, out)
+                # a skipped step still counts: the checkpoint cadence, the final checkpoint and a
+                # stop signal must not depend on whether the last step was finite
                 if self._stop_signal or self.step % cfg.train.checkpoint_every == 0 or self.step == end:
                     path = self.save()
                     if self._stop_signal:

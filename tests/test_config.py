@@ -1,0 +1,253 @@
+"""Configs: strict YAML in / JSON out, closest-key suggestions, typed errors, shape validation and
+``--set`` overrides that keep their YAML types."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import json
+
+import pytest
+import yaml
+
+from moviola.config import (ConfigError, RunConfig, config_from_json, from_dict, load_config, parse_override,
+                            save_config, to_dict)
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_error_is_a_value_error():
+    # the CLI turns ValueErrors into one-line messages
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg == RunConfig().validate()
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
+    cfg = load_config(preset)
+    # YAML out and in
+    out = write_yaml(tmp_path / "again.yaml", yaml.safe_dump(to_dict(cfg)))
+    assert load_config(out) == cfg
+    # JSON out and in (what sits beside every checkpoint)
+    save_config(cfg, tmp_path / "config.json")
+    assert config_from_json(tmp_path / "config.json") == cfg
+
+
+def test_yaml_round_trip_of_a_non_default_config(tmp_path):
+    text = """
+name: rt
+model: {size: S, patch_size: 4, hidden_size: 64, depth: 2, num_heads: 4, num_classes: 48, learned_sigma: true}
+data: {size: 64, frames: 8}
+diffusion: {schedule: cosine, prediction: v, zero_terminal_snr: true}
+train: {lr: 3.0e-4, betas: [0.9, 0.99], steps: 12, precision: bf16}
+sample: {cfg: 1.5, sampler: ddpm}
+"""
+    cfg = load_config(write_yaml(tmp_path / "a.yaml", text))
+    assert cfg.model.size == "S" and cfg.model.num_classes == 48 and cfg.model.learned_sigma is True
+    assert cfg.train.betas == (0.9, 0.99) and isinstance(cfg.train.betas, tuple)
+    assert cfg.train.lr == 3e-4 and cfg.data.frames == 8 and cfg.sample.sampler == "ddpm"
+    assert cfg.train.batch_size == RunConfig().train.batch_size  # unspecified keys keep defaults
+    again = load_config(write_yaml(tmp_path / "b.yaml", yaml.safe_dump(to_dict(cfg))))
+    assert again == cfg
+    d = to_dict(cfg)
+    assert d["train"]["betas"] == [0.9, 0.99]  # plain JSON types
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-4` as a string; configs must read it as the number
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", "train:\n  lr: 1e-4\n  weight_decay: 5E-2\n"))
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.weight_decay == pytest.approx(0.05)
+
+
+# ------------------------------------------------------------------ unknown keys
+
+@pytest.mark.parametrize("text,bad,suggestion", [
+    ("train:\n  lrr: 0.1\n", "train.lrr", "train.lr"),
+    ("modle:\n  size: tiny\n", "modle", "model"),
+    ("model:\n  hiden_size: 64\n", "model.hiden_size", "model.hidden_size"),
+    ("data:\n  frame: 8\n", "data.frame", "data.frames"),
+])
+def test_unknown_key_suggests_the_closest_known_key(tmp_path, text, bad, suggestion):
+    with pytest.raises(ConfigError) as e:
+        load_config(write_yaml(tmp_path / "x.yaml", text))
+    msg = str(e.value)
+    assert bad in msg and f"did you mean '{suggestion}'" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_keys():
+    with pytest.raises(ConfigError) as e:
+        from_dict(RunConfig, {"zzzzzz": 1})
+    assert "zzzzzz" in str(e.value) and "model" in str(e.value) and "train" in str(e.value)
+
+
+def test_unknown_literal_value_suggests_the_closest_option():
+    with pytest.raises(ConfigError, match=r"diffusion\.prediction.*did you mean 'eps'"):
+        load_config(overrides=["diffusion.prediction=epsilon"])
+
+
+# ------------------------------------------------------------------ wrong types
+
+@pytest.mark.parametrize("override,key", [
+    ("train.steps=abc", "train.steps"),
+    ("train.steps=true", "train.steps"),  # a bool is not an int
+    ("train.steps=2.5", "train.steps"),
+    ("train.lr=fast", "train.lr"),
+    ("train.lr=null", "train.lr"),
+    ("model.learned_sigma=1", "model.learned_sigma"),
+    ("name=[1, 2]", "name"),
+    ("train.betas=[0.9]", "train.betas"),
+    ("train.betas=[0.9, x]", "train.betas[1]"),
+    ("model=3", "model"),
+])
+def test_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value).startswith(f"{key}:") or f"{key}" in str(e.value).split(":")[0]
+
+
+def test_wrong_type_in_a_file_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train\.steps: expected an integer, got 'abc'"):
+        load_config(write_yaml(tmp_path / "t.yaml", 'train:\n  steps: "abc"\n'))
+
+
+def test_lossless_conversions_are_accepted():
+    cfg = load_config(overrides=["train.lr=1", "train.steps=20.0", "model.hidden_size=null"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.steps == 20 and isinstance(cfg.train.steps, int)
+    assert cfg.model.hidden_size is None
+
+
+# ------------------------------------------------------------------ impossible settings
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.size=30", "model.patch_size=4"], r"data\.size=30 is not divisible"),
+    (["data.size=36", "model.patch_size=8"], r"not divisible"),
+    (["model.depth=3"], r"model\.depth=3 must be even"),
+    (["model.hidden_size=60", "model.num_heads=8"], r"not divisible by model\.num_heads"),
+    (["model.hidden_size=30", "model.num_heads=3"], r"multiple of 4"),
+    (["model.size=XXL"], r"model\.size"),
+    (["model.patch_size=3"], r"patch"),
+    (["train.steps=0"], r"train\.steps must be positive"),
+    (["train.batch_size=-1"], r"train\.batch_size"),
+    (["train.ema_decay=1.0"], r"train\.ema_decay"),
+    (["train.lr=0"], r"train\.lr"),
+    (["data.frames=0"], r"positive"),
+    (["autoencoder.kind=frame_vae"], r"autoencoder\.path"),
+    (["data.dataset=folder"], r"data\.root"),
+    (["autoencoder.kind=frame_vae", "autoencoder.path=/nonexistent"], r"has no config\.json"),
+])
+def test_impossible_settings_are_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("blocks,size,ok", [(4, 36, False), (4, 64, True), (2, 36, True), (2, 35, False)])
+def test_vae_factor_is_read_from_the_vae_config(tmp_path, blocks, size, ok):
+    """An SD VAE (4 blocks) shrinks 8×, a 2-block VAE 2×: the divisibility check uses the real factor."""
+    (tmp_path / "config.json").write_text(json.dumps({"block_out_channels": [8] * blocks}))
+    overrides = ["autoencoder.kind=frame_vae", f"autoencoder.path={tmp_path}", f"data.size={size}",
+                 "model.patch_size=1"]
+    if ok:
+        assert load_config(overrides=overrides).data.size == size
+    else:
+        with pytest.raises(ConfigError, match=r"autoencoder factor = 1×%d" % 2 ** (blocks - 1)):
+            load_config(overrides=overrides)
+
+
+def test_possible_settings_pass():
+    cfg = load_config(overrides=["data.size=24", "model.patch_size=8", "model.depth=6",
+                                 "model.hidden_size=36", "model.num_heads=4"])
+    assert cfg.data.size == 24 and cfg.model.depth == 6
+
+
+# ------------------------------------------------------------------ --set overrides
+
+@pytest.mark.parametrize("text,key,value,type_", [
+    ("train.lr=1e-4", "train.lr", 1e-4, float),
+    ("train.lr=3.0e-4", "train.lr", 3e-4, float),
+    ("train.steps=12", "train.steps", 12, int),
+    ("model.learned_sigma=true", "model.learned_sigma", True, bool),
+    ("train.betas=[0.9, 0.99]", "train.betas", [0.9, 0.99], list),
+    ("name=my run", "name", "my run", str),
+    ("name=a=b", "name", "a=b", str),
+    ("model.hidden_size=null", "model.hidden_size", None, type(None)),
+    (" train.steps =5", "train.steps", 5, int),
+])
+def test_parse_override_keeps_yaml_types(text, key, value, type_):
+    k, v = parse_override(text)
+    assert k == key and v == value and type(v) is type_
+
+
+@pytest.mark.parametrize("bad", ["train.lr", "=3", ""])
+def test_parse_override_rejects_malformed(bad):
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override(bad)
+
+
+def test_overrides_apply_over_the_file_and_keep_types(tmp_path):
+    path = write_yaml(tmp_path / "o.yaml", "train:\n  lr: 0.1\n  steps: 7\nmodel:\n  num_classes: 4\n")
+    cfg = load_config(path, ["train.lr=1e-4", "model.learned_sigma=true", "train.betas=[0.9, 0.99]",
+                             "data.frames=8"])
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.steps == 7  # untouched keys of the same section survive
+    assert cfg.model.learned_sigma is True and cfg.model.num_classes == 4
+    assert cfg.train.betas == (0.9, 0.99) and isinstance(cfg.train.betas, tuple)
+    assert cfg.data.frames == 8
+
+
+def test_later_override_wins():
+    assert load_config(overrides=["train.steps=5", "train.steps=9"]).train.steps == 9
+
+
+def test_override_into_a_scalar_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="^name: expected a string"):
+        load_config(overrides=["name.sub=1"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(write_yaml(tmp_path / "n.yaml", "name: x\n"), ["name.sub=1"])
+
+
+def test_override_with_unknown_key_suggests():
+    with pytest.raises(ConfigError, match=r"did you mean 'train\.lr'"):
+        load_config(overrides=["train.lrr=0.1"])
+
+
+def test_data_argument_merges_section_by_section(tmp_path):
+    path = write_yaml(tmp_path / "m.yaml", "train:\n  lr: 0.5\n  steps: 7\n")
+    cfg = load_config(path, data={"train": {"steps": 3}})
+    assert cfg.train.steps == 3 and cfg.train.lr == 0.5
+
+
+# ------------------------------------------------------------------ files
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_is_a_one_line_config_error(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write_yaml(tmp_path / "bad.yaml", "train: [1, 2\n"))
+    assert "not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write_yaml(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write_yaml(tmp_path / "empty.yaml", "")) == RunConfig()
