@@ -1,16 +1,27 @@
 """Latte: a video diffusion transformer (Ma et al. 2024, "Latte: Latent Diffusion Transformer
-for Video Generation").
+for Video Generation"), with every design switch of the paper.
 
-Variant 1 of the paper: spatial and temporal transformer blocks interleaved. Every block is a
-DiT block with adaLN-Zero ("S-AdaLN"): the timestep (and class) embedding regresses a shift,
-scale and gate for each residual branch, and the gates start at zero so every block starts as
-the identity and the untrained model outputs exactly zero.
+The four model variants (paper §3.2) share everything but how their blocks meet space and time:
 
-Tokens live as a 4-D tensor ``(B, groups, seq, D)`` and a block attends along ``seq``:
-spatial blocks see ``(B, T, N, D)`` (attention over the N patches of a frame), temporal blocks
-see ``(B, N, T, D)`` (attention over the T frames at one patch). Conditioning is per frame,
-``(B, T, D)``, so a timestep per frame (``t`` of shape ``(B, T)``) is the general case and a
-``(B,)`` timestep is its broadcast.
+1. ``Latte``: spatial and temporal transformer blocks interleaved (the released model).
+2. ``LatteLateFusion``: all spatial blocks, then all temporal blocks (same blocks as 1).
+3. ``LatteFactorizedAttention``: one block holds a spatial self-attention, then a temporal one.
+4. ``LatteFactorizedHeads``: one attention whose heads split between space and time.
+
+``depth`` counts attentions over one axis, as Latte counts its blocks: XL's 28 is 14 spatial +
+14 temporal blocks (variants 1, 2), 14 factorized-attention blocks (3), or 28 blocks whose
+attention does both at once (4, so its parameter count equals variant 1's).
+
+The other switches: per-frame patches or s×p×p tubelets (``patch_embed``); the timestep and
+class through adaLN-Zero, adaLN-single or as extra tokens (``injection``, see latte_blocks);
+absolute sin-cos or rotary temporal positions (``temporal_pos``); cross-attention to text in the
+spatial attention (``caption_channels``, Latte-1); and image-video joint training: the last
+``num_images`` frames of a batch are single images, which every spatial module sees and every
+temporal module skips.
+
+With adaLN-Zero every block starts as the identity and the untrained model outputs exactly zero.
+Tokens live as a 4-D tensor ``(B, T, N, D)``. Conditioning is per frame, ``(B, T, D)``, so a
+timestep per frame (``t`` of shape ``(B, T)``) is the general case and ``(B,)`` its broadcast.
 """
 from __future__ import annotations
 
@@ -21,12 +32,14 @@ import torch
 from torch import nn
 
 from moviola.conditioning import Conditioning, check_accepted
-from moviola.nn import Attention, LabelEmbedder, Mlp, TimestepEmbedder, modulate, sincos_2d, sincos_temporal
+from moviola.models.latte_blocks import (Conditioned, FactorizedAttentionBlock, FactorizedHeadsBlock, FinalLayer,
+                                         LatteBlock, PatchEmbed, TubeletEmbed)
+from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
 
 
 @functools.lru_cache(maxsize=32)
-def _spatial_pos(h: int, w: int, dim: int) -> torch.Tensor:
-    return sincos_2d(h, w, dim)
+def _spatial_pos(h: int, w: int, dim: int, base_size: Optional[int] = None, scale: float = 1.0) -> torch.Tensor:
+    return sincos_2d(h, w, dim, base_size, scale)
 
 
 @functools.lru_cache(maxsize=32)
@@ -34,84 +47,117 @@ def _temporal_pos(t: int, dim: int) -> torch.Tensor:
     return sincos_temporal(t, dim)
 
 
-class LatteBlock(nn.Module):
-    """A transformer block with adaLN-Zero conditioning that attends along dim -2 of (B, G, L, D)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=True, qk_norm=qk_norm)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # x: (B, G, L, D); c: conditioning broadcastable to x, e.g. (B, G, 1, D) or (B, 1, L, D)
-        B, G, L, D = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), shift_msa, scale_msa).reshape(B * G, L, D)  # (B·G, L, D)
-        x = x + gate_msa * self.attn(h).view(B, G, L, D)
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
-
-
-class FinalLayer(nn.Module):
-    """adaLN shift/scale, then a linear map from tokens to patches of output channels."""
-
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
-class PatchEmbed(nn.Module):
-    """Per-frame non-overlapping p×p patches -> tokens (a strided Conv2d, ``x_embedder.proj``)."""
-
-    def __init__(self, in_channels: int, dim: int, patch_size: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, T, H, W = x.shape
-        frames = x.transpose(1, 2).reshape(B * T, C, H, W)  # (B·T, C, H, W)
-        tok = self.proj(frames)  # (B·T, D, h, w)
-        D, h, w = tok.shape[1:]
-        return tok.flatten(2).transpose(1, 2).reshape(B, T, h * w, D)  # (B, T, N, D)
+@functools.lru_cache(maxsize=32)
+def _rope(t: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return rope_1d(t, head_dim)
 
 
 class Latte(nn.Module):
-    """Latte denoiser: ``model(x_t (B,C,T,H,W), t (B,) or (B,T), cond) -> (B, C or 2C, T, H, W)``."""
+    """Latte denoiser: ``model(x_t (B,C,T,H,W), t (B,) or (B,T), cond) -> (B, C or 2C, T, H, W)``.
+
+    This class is variant 1 and the shared skeleton; a variant overrides ``build_blocks`` and
+    ``run_blocks``.
+    """
+
+    variant = 1
+    block_chunks = 6  # modulation vectors per block: shift, scale, gate for attention and MLP
+    paired_depth = True  # depth counts a spatial and a temporal attention per pair
 
     def __init__(self, in_channels: int = 4, patch_size: int = 2, hidden_size: int = 1152, depth: int = 28,
                  num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 learned_sigma: bool = False, qk_norm: bool = False):
+                 learned_sigma: bool = False, qk_norm: bool = False, patch_embed: str = "frame",
+                 tubelet_size: int = 1, injection: str = "adaln", temporal_pos: str = "abs",
+                 caption_channels: Optional[int] = None, pos_base_size: Optional[int] = None,
+                 pos_interpolation_scale: float = 1.0):
         super().__init__()
-        if depth % 2:
+        for name, value, options in (("patch_embed", patch_embed, ("frame", "tubelet")),
+                                     ("injection", injection, ("adaln", "adaln_single", "tokens")),
+                                     ("temporal_pos", temporal_pos, ("abs", "rope"))):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {options}, got {value!r}")
+        if self.paired_depth and depth % 2:
             raise ValueError(f"Latte depth counts spatial + temporal blocks and must be even, got {depth}")
+        if patch_embed == "frame" and tubelet_size != 1:
+            raise ValueError("tubelet_size is only used with patch_embed='tubelet'")
+        if temporal_pos == "rope" and (hidden_size // num_heads) % 2:
+            raise ValueError("temporal_pos='rope' needs an even attention head width")
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learned_sigma else in_channels
         self.learned_sigma = learned_sigma
         self.patch_size = patch_size
         self.hidden_size = hidden_size
+        self.num_heads = num_heads
         self.num_classes = num_classes
-        self.accepts = frozenset({"labels"} if num_classes else ())
+        self.patch_embed, self.tubelet_size = patch_embed, tubelet_size
+        self.injection, self.temporal_pos = injection, temporal_pos
+        self.caption_channels = caption_channels
+        self.pos_base_size, self.pos_interpolation_scale = pos_base_size, pos_interpolation_scale
+        self.accepts = frozenset(({"labels"} if num_classes else set())
+                                 | ({"text", "text_mask"} if caption_channels else set()))
 
-        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+        if patch_embed == "frame":
+            self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+        else:
+            self.x_embedder = TubeletEmbed(in_channels, hidden_size, patch_size, tubelet_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes else None
-        self.spatial_blocks = nn.ModuleList(
-            LatteBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth // 2))
-        self.temporal_blocks = nn.ModuleList(
-            LatteBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth // 2))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        if injection == "adaln_single":  # PixArt's t_block: one projection shared by every block
+            self.adaln_single = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.block_chunks * hidden_size))
+        self.caption_projection = (Mlp(caption_channels, hidden_size, out_dim=hidden_size)
+                                   if caption_channels else None)
+        self.build_blocks(depth, dict(dim=hidden_size, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                      qk_norm=qk_norm, injection=injection))
+        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * tubelet_size * self.out_channels,
+                                      injection)
         self.initialize_weights()
 
+    # ------------------------------------------------------------------ the variant's blocks
+    def build_blocks(self, depth: int, block: dict) -> None:
+        text = self.hidden_size if self.caption_channels else None
+        self.spatial_blocks = nn.ModuleList(LatteBlock(**block, context_dim=text) for _ in range(depth // 2))
+        self.temporal_blocks = nn.ModuleList(LatteBlock(**block) for _ in range(depth // 2))
+
+    def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
+        c_spatial, c_temporal = self._spatial_c(c), self._temporal_c(c, num_video)
+        rope = self._rope(num_video, tok.device)
+        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
+            tok = spatial(tok, c_spatial, context=context)  # (B, T, N, D), attention within each frame
+            tok = self.temporal_step(temporal, tok, c_temporal, num_video, i == 0, rope)
+        return tok
+
+    def temporal_step(self, block: nn.Module, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int,
+                      first: bool, rope) -> torch.Tensor:
+        """A temporal block over the video frames of tok (B, T, N, D); image frames pass unchanged."""
+        video = tok[:, :num_video].transpose(1, 2)  # (B, N, Tv, D)
+        if first and self.temporal_pos == "abs":
+            # added once, before the first temporal block (as Latte)
+            video = video + _temporal_pos(num_video, self.hidden_size).to(video.device, video.dtype)
+        video = block(video, c, rope=rope).transpose(1, 2)  # (B, Tv, N, D), attention across frames
+        return video if num_video == tok.shape[1] else torch.cat([video, tok[:, num_video:]], dim=1)
+
+    def add_frame_pos(self, tok: torch.Tensor, num_video: int) -> torch.Tensor:
+        """Absolute temporal positions on the video frames of tok (B, T, N, D) (variants 3 and 4)."""
+        if self.temporal_pos != "abs":
+            return tok
+        pos = _temporal_pos(num_video, self.hidden_size).to(tok.device, tok.dtype)[:, None]  # (Tv, 1, D)
+        video = tok[:, :num_video] + pos
+        return video if num_video == tok.shape[1] else torch.cat([video, tok[:, num_video:]], dim=1)
+
+    @staticmethod
+    def _spatial_c(c: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if c is None else c[:, :, None]  # (B, T, 1, ·): one vector per frame
+
+    @staticmethod
+    def _temporal_c(c: Optional[torch.Tensor], num_video: int) -> Optional[torch.Tensor]:
+        return None if c is None else c[:, None, :num_video]  # (B, 1, Tv, ·): along the frame axis
+
+    def _rope(self, num_video: int, device: torch.device):
+        if self.temporal_pos != "rope":
+            return None
+        cos, sin = _rope(num_video, self.hidden_size // self.num_heads)
+        return cos.to(device), sin.to(device)
+
+    # ------------------------------------------------------------------ initialization
     def initialize_weights(self) -> None:
         """DiT's initialization; the zeroed adaLN and output layers make each block start as identity."""
         for m in self.modules():
@@ -126,58 +172,170 @@ class Latte(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        for block in (*self.spatial_blocks, *self.temporal_blocks, self.final_layer):
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for m in self.modules():
+            if isinstance(m, Conditioned) and m.injection == "adaln":
+                nn.init.zeros_(m.adaLN_modulation[-1].weight)
+                nn.init.zeros_(m.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        # PixArt-α's choices for the adaLN-single and text parts
+        if self.injection == "adaln_single":
+            nn.init.normal_(self.adaln_single[-1].weight, std=0.02)
+        if self.caption_projection is not None:
+            nn.init.normal_(self.caption_projection.fc1.weight, std=0.02)
+            nn.init.normal_(self.caption_projection.fc2.weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, CrossAttention):  # text starts with no influence
+                nn.init.zeros_(m.proj.weight)
+                nn.init.zeros_(m.proj.bias)
 
-    def condition(self, t: torch.Tensor, cond: Optional[Conditioning], batch: int, frames: int) -> torch.Tensor:
-        """Per-frame conditioning vectors (B, T, D) from the timesteps (and class labels)."""
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, t: torch.Tensor, cond: Optional[Conditioning], batch: int,
+                  frames: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Timestep embeddings per token frame (B, T', D), and label embeddings (B, 1 or T', D) or None.
+
+        With tubelets a token frame spans s frames; per-frame timesteps give it the mean of
+        their s embeddings.
+        """
+        s = self.tubelet_size
         if t.dim() == 0:
             t = t.expand(batch)
         if t.dim() == 1:
-            t = t[:, None].expand(batch, frames)  # a (B,) timestep is a per-frame one, broadcast
-        if t.shape != (batch, frames):
+            t = t[:, None].expand(batch, frames // s)  # a (B,) timestep is a per-frame one, broadcast
+        elif t.shape == (batch, frames) and s > 1:
+            emb = self.t_embedder(t)  # (B, T, D)
+            t_emb = emb.view(batch, frames // s, s, -1).mean(dim=2)  # (B, T/s, D)
+            return t_emb, self._labels(cond, batch, frames)
+        if t.shape != (batch, frames // s):
             raise ValueError(f"timesteps must have shape (B,) or (B, T) = ({batch}, {frames}), got {tuple(t.shape)}")
-        c = self.t_embedder(t)  # (B, T, D)
-        if self.y_embedder is not None:
-            if cond is None or cond.labels is None:
-                raise ValueError(f"this Latte is class-conditional ({self.num_classes} classes): "
-                                 "pass Conditioning(labels=...) (-1 for the null class)")
-            c = c + self.y_embedder(cond.labels)[:, None]  # (B, 1, D) broadcast over frames
-        return c
+        return self.t_embedder(t), self._labels(cond, batch, frames)  # (B, T', D)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
+    def _labels(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
+        if self.y_embedder is None:
+            return None
+        if cond is None or cond.labels is None:
+            raise ValueError(f"this Latte is class-conditional ({self.num_classes} classes): "
+                             "pass Conditioning(labels=...) (-1 for the null class)")
+        labels = cond.labels
+        if labels.dim() == 1:
+            return self.y_embedder(labels)[:, None]  # (B, 1, D) broadcast over frames
+        if labels.shape != (batch, frames) or self.tubelet_size != 1:
+            raise ValueError(f"labels must have shape (B,) or, with per-frame patches, (B, T) = ({batch}, {frames}); "
+                             f"got {tuple(labels.shape)}")
+        return self.y_embedder(labels)  # (B, T, D): a label per frame (joint image-video training)
+
+    def text_context(self, cond: Optional[Conditioning], batch: int):
+        """Projected text tokens (B, L, D) and their mask, or None (no text: the empty prompt)."""
+        if self.caption_projection is None or cond is None or cond.text is None:
+            return None
+        text, mask = cond.text, cond.text_mask
+        if text.dim() != 3 or text.shape[0] != batch or text.shape[2] != self.caption_channels:
+            raise ValueError(f"text must have shape (B, L, {self.caption_channels}) with B = {batch}, "
+                             f"got {tuple(text.shape)}")
+        if mask is not None and mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
+        return self.caption_projection(text), mask
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
+                num_images: int = 0) -> torch.Tensor:
+        """``num_images``: how many of the T frames, at the end, are single images (joint training)."""
         check_accepted(cond, self.accepts, type(self).__name__)
         B, C, T, H, W = x.shape
-        p = self.patch_size
+        p, s = self.patch_size, self.tubelet_size
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {C}")
         if H % p or W % p:
             raise ValueError(f"frame size {H}×{W} is not divisible by the patch size {p}")
+        if T % s:
+            raise ValueError(f"{T} frames are not divisible by the tubelet size {s}")
+        if num_images and (s != 1 or not 0 <= num_images < T):
+            raise ValueError(f"num_images={num_images} needs per-frame patches and fewer images than the {T} frames")
         h, w, D = H // p, W // p, self.hidden_size
+        num_video = (T - num_images) // s
 
-        tok = self.x_embedder(x)  # (B, T, N, D)
-        tok = tok + _spatial_pos(h, w, D).to(tok.device, tok.dtype)
-        c = self.condition(t, cond, B, T)  # (B, T, D)
-        c_spatial, c_temporal = c[:, :, None], c[:, None]  # (B, T, 1, D), (B, 1, T, D)
-        temp_pos = _temporal_pos(T, D).to(tok.device, tok.dtype)  # (T, D)
-
-        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            tok = spatial(tok, c_spatial)  # (B, T, N, D), attention within each frame
-            tok = tok.transpose(1, 2)  # (B, N, T, D)
-            if i == 0:
-                tok = tok + temp_pos  # added once, before the first temporal block (as Latte)
-            tok = temporal(tok, c_temporal)  # (B, N, T, D), attention across frames
-            tok = tok.transpose(1, 2)  # (B, T, N, D)
-
-        out = self.final_layer(tok, c_spatial)  # (B, T, N, p·p·C_out)
+        tok = self.x_embedder(x)  # (B, T', N, D)
+        tok = tok + _spatial_pos(h, w, D, self.pos_base_size, self.pos_interpolation_scale).to(tok.device, tok.dtype)
+        t_emb, y_emb = self.condition(t, cond, B, T)
+        c = t_emb if y_emb is None else t_emb + y_emb  # (B, T', D)
+        if self.injection == "tokens":  # the timestep (and class) as extra tokens of every frame
+            extra = [t_emb] if y_emb is None else [t_emb, y_emb.expand_as(t_emb)]
+            tok = torch.cat([tok, torch.stack(extra, dim=2).to(tok.dtype)], dim=2)  # (B, T', N+K, D)
+            block_c = None
+        elif self.injection == "adaln_single":
+            block_c = self.adaln_single(c)  # (B, T', k·D)
+        else:
+            block_c = c
+        tok = self.run_blocks(tok, block_c, num_video, self.text_context(cond, B))
+        if self.injection == "tokens":
+            tok = tok[:, :, :h * w]  # drop the condition tokens: (B, T', N, D)
+        out = self.final_layer(tok, c[:, :, None])  # (B, T', N, s·p·p·C_out)
         return self.unpatchify(out, h, w)
 
     def unpatchify(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, T = out.shape[:2]
-        p, co = self.patch_size, self.out_channels
-        out = out.reshape(B, T, h, w, p, p, co)  # (B, T, h, w, p, p, C)
-        out = out.permute(0, 6, 1, 2, 4, 3, 5)  # (B, C, T, h, p, w, p)
-        return out.reshape(B, co, T, h * p, w * p)  # (B, C, T, H, W)
+        p, s, co = self.patch_size, self.tubelet_size, self.out_channels
+        out = out.reshape(B, T, h, w, s, p, p, co)  # (B, T', h, w, s, p, p, C)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', s, h, p, w, p)
+        return out.reshape(B, co, T * s, h * p, w * p)  # (B, C, T, H, W)
+
+
+class LatteLateFusion(Latte):
+    """Variant 2: every spatial block first, then every temporal block (late fusion)."""
+
+    variant = 2
+
+    def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
+        c_spatial, c_temporal = self._spatial_c(c), self._temporal_c(c, num_video)
+        rope = self._rope(num_video, tok.device)
+        for spatial in self.spatial_blocks:
+            tok = spatial(tok, c_spatial, context=context)  # (B, T, N, D)
+        for i, temporal in enumerate(self.temporal_blocks):
+            tok = self.temporal_step(temporal, tok, c_temporal, num_video, i == 0, rope)
+        return tok
+
+
+class LatteFactorizedAttention(Latte):
+    """Variant 3: each block attends over space, then over time, then applies its MLP."""
+
+    variant = 3
+    block_chunks = 9  # shift, scale, gate for the spatial attention, the temporal one and the MLP
+
+    def build_blocks(self, depth: int, block: dict) -> None:
+        text = self.hidden_size if self.caption_channels else None
+        self.blocks = nn.ModuleList(FactorizedAttentionBlock(**block, context_dim=text) for _ in range(depth // 2))
+
+    def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
+        tok = self.add_frame_pos(tok, num_video)  # before the first temporal attention
+        c, rope = self._spatial_c(c), self._rope(num_video, tok.device)
+        for block in self.blocks:
+            tok = block(tok, c, num_video, rope=rope, context=context)  # (B, T, N, D)
+        return tok
+
+
+class LatteFactorizedHeads(Latte):
+    """Variant 4: each block's attention gives ``spatial_heads`` heads (default half) to space and
+    the rest to time, and concatenates their outputs."""
+
+    variant = 4
+    paired_depth = False
+
+    def __init__(self, *args, spatial_heads: Optional[int] = None, **kwargs):
+        self._spatial_heads = spatial_heads  # read by build_blocks, which Latte.__init__ calls
+        super().__init__(*args, **kwargs)
+
+    def build_blocks(self, depth: int, block: dict) -> None:
+        text = self.hidden_size if self.caption_channels else None
+        self.blocks = nn.ModuleList(FactorizedHeadsBlock(**block, context_dim=text, spatial_heads=self._spatial_heads)
+                                    for _ in range(depth))
+
+    def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
+        tok = self.add_frame_pos(tok, num_video)
+        c, rope = self._spatial_c(c), self._rope(num_video, tok.device)
+        for block in self.blocks:
+            tok = block(tok, c, num_video, rope=rope, context=context)  # (B, T, N, D)
+        return tok
+
+
+LATTE_VARIANTS: dict[int, type[Latte]] = {1: Latte, 2: LatteLateFusion, 3: LatteFactorizedAttention,
+                                          4: LatteFactorizedHeads}

@@ -50,19 +50,25 @@ def resolve_model_dims(cfg) -> ModelDims:
     if dims.hidden_size % 4:
         raise ConfigError(f"model.hidden_size={dims.hidden_size} must be a multiple of 4 "
                           "(2-D sin-cos position embedding)")
-    if dims.depth % 2:
+    if dims.depth % 2 and getattr(cfg, "variant", 1) != 4:
         raise ConfigError(f"model.depth={dims.depth} must be even: Latte pairs each spatial "
-                          "block with a temporal block")
+                          "attention with a temporal one (variant 4, whose blocks do both, takes any depth)")
+    if dims.depth <= 0:
+        raise ConfigError(f"model.depth must be positive (got {dims.depth})")
     return dims
 
 
 def build_model(cfg, in_channels: int) -> nn.Module:
     """The denoiser a ModelConfig describes, for latents with ``in_channels`` channels."""
-    from moviola.models.latte import Latte
+    from moviola.models.latte import LATTE_VARIANTS
 
     dims = resolve_model_dims(cfg)
     if cfg.family == "latte":
-        return Latte(in_channels=in_channels, patch_size=cfg.patch_size, hidden_size=dims.hidden_size,
-                     depth=dims.depth, num_heads=dims.num_heads, mlp_ratio=dims.mlp_ratio,
-                     num_classes=cfg.num_classes, learned_sigma=cfg.learned_sigma, qk_norm=cfg.qk_norm)
+        return LATTE_VARIANTS[cfg.variant](
+            in_channels=in_channels, patch_size=cfg.patch_size, hidden_size=dims.hidden_size,
+            depth=dims.depth, num_heads=dims.num_heads, mlp_ratio=dims.mlp_ratio,
+            num_classes=cfg.num_classes, learned_sigma=cfg.learned_sigma, qk_norm=cfg.qk_norm,
+            patch_embed=cfg.patch_embed, tubelet_size=cfg.tubelet_size, injection=cfg.injection,
+            temporal_pos=cfg.temporal_pos, caption_channels=cfg.caption_channels,
+            pos_base_size=cfg.pos_base_size, pos_interpolation_scale=cfg.pos_interpolation_scale)
     raise ValueError(f"unknown model family {cfg.family!r}")

@@ -8,6 +8,7 @@ other frame counts and non-square sizes run.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -35,22 +36,49 @@ def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+def _grid(n: int, base_size: Optional[int], interpolation_scale: float) -> torch.Tensor:
+    """Positions of n tokens along one axis: integers, or PixArt's ``i / (n / base) / scale``."""
+    if base_size is None and interpolation_scale == 1.0:
+        return torch.arange(n)
+    pos = torch.arange(n, dtype=torch.float32)  # float32 first, as diffusers computes it
+    if base_size is not None:
+        pos = pos / (n / base_size)
+    return pos / interpolation_scale
+
+
+def sincos_2d(h: int, w: int, dim: int, base_size: Optional[int] = None,
+              interpolation_scale: float = 1.0) -> torch.Tensor:
     """2-D sin-cos for an h×w token grid in row-major order -> (h*w, dim), float32.
 
     The first half encodes the column (x) index, the second half the row (y) index, as in
     MAE/DiT's ``get_2d_sincos_pos_embed`` (so stored official embeddings compare equal).
+    PixArt / diffusers' Latte-1 rescale the positions so that any grid spans the training grid
+    of ``base_size`` tokens, divided by ``interpolation_scale``; without them positions are
+    the integer indices (DiT, Latte).
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
-    rows = torch.arange(h).repeat_interleave(w)  # (h*w,) y index of each token
-    cols = torch.arange(w).repeat(h)  # (h*w,) x index of each token
+    rows = _grid(h, base_size, interpolation_scale).repeat_interleave(w)  # (h*w,) y position of each token
+    cols = _grid(w, base_size, interpolation_scale).repeat(h)  # (h*w,) x position of each token
     return torch.cat([sincos_1d(cols, dim // 2), sincos_1d(rows, dim // 2)], dim=1).float()
 
 
 def sincos_temporal(num_frames: int, dim: int) -> torch.Tensor:
     """1-D sin-cos over frame indices -> (T, dim), float32 (Latte's ``temp_embed``)."""
     return sincos_1d(torch.arange(num_frames), dim).float()
+
+
+def rope_1d(num_positions: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding tables for positions 0..L-1: ``(cos, sin)``, each (L, head_dim/2), float32.
+
+    Channel pair i turns at frequency theta^(-2i/head_dim), as in RoFormer; ``apply_rope`` pairs
+    channel i with channel i + head_dim/2.
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary position embedding needs an even head width, got {head_dim}")
+    freqs = theta ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)  # (hd/2,)
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * freqs  # (L, hd/2)
+    return torch.cos(angles).float(), torch.sin(angles).float()
 
 
 class TimestepEmbedder(nn.Module):

@@ -1,0 +1,199 @@
+"""diffusers' ``LatteTransformer3DModel`` (Latte-1, text-to-video) <-> moviola's text-conditioned Latte.
+
+diffusers' model is moviola's variant 1 with ``injection="adaln_single"``, cross-attention to
+the projected text in the spatial blocks, and PixArt's position scaling
+(``pos_base_size = sample_size / patch``, ``pos_interpolation_scale = max(sample_size // 64, 1)``).
+Only the names differ, and diffusers keeps q, k and v as separate projections where moviola
+fuses them; the table below lists each moviola tensor with the diffusers tensors it is the
+concatenation of (along dim 0), so one table serves both directions.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moviola.config import AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, load_config
+from moviola.models.convert.common import named_size, write_checkpoint_dir
+from moviola.models.registry import resolve_model_dims
+from moviola.pipelines.generate import load_model
+from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+# the diffusers config values moviola's blocks implement (anything else is a different model)
+REQUIRED = {"norm_type": "ada_norm_single", "activation_fn": "gelu-approximate", "norm_elementwise_affine": False,
+            "norm_eps": 1e-6, "attention_bias": True}
+
+
+def _linear(ours: str, *theirs: str) -> list[tuple[str, list[str]]]:
+    return [(f"{ours}.{p}", [f"{t}.{p}" for t in theirs]) for p in ("weight", "bias")]
+
+
+def name_table(num_layers: int) -> list[tuple[str, list[str]]]:
+    """(moviola key, [diffusers keys concatenated along dim 0]) for every tensor of the model."""
+    table = [*_linear("x_embedder.proj", "pos_embed.proj"),
+             *_linear("t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_1"),
+             *_linear("t_embedder.mlp.2", "adaln_single.emb.timestep_embedder.linear_2"),
+             *_linear("adaln_single.1", "adaln_single.linear"),
+             *_linear("caption_projection.fc1", "caption_projection.linear_1"),
+             *_linear("caption_projection.fc2", "caption_projection.linear_2"),
+             ("final_layer.scale_shift_table", ["scale_shift_table"]),
+             *_linear("final_layer.linear", "proj_out")]
+    for ours, theirs in (("spatial_blocks", "transformer_blocks"), ("temporal_blocks", "temporal_transformer_blocks")):
+        for i in range(num_layers):
+            a, b = f"{ours}.{i}", f"{theirs}.{i}"
+            table += [(f"{a}.scale_shift_table", [f"{b}.scale_shift_table"]),
+                      *_linear(f"{a}.attn.qkv", f"{b}.attn1.to_q", f"{b}.attn1.to_k", f"{b}.attn1.to_v"),
+                      *_linear(f"{a}.attn.proj", f"{b}.attn1.to_out.0"),
+                      *_linear(f"{a}.mlp.fc1", f"{b}.ff.net.0.proj"),
+                      *_linear(f"{a}.mlp.fc2", f"{b}.ff.net.2")]
+            if ours == "spatial_blocks":
+                table += [*_linear(f"{a}.cross_attn.q", f"{b}.attn2.to_q"),
+                          *_linear(f"{a}.cross_attn.kv", f"{b}.attn2.to_k", f"{b}.attn2.to_v"),
+                          *_linear(f"{a}.cross_attn.proj", f"{b}.attn2.to_out.0")]
+    return table
+
+
+def diffusers_to_moviola(sd: dict[str, torch.Tensor], config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Model-config fields and the renamed state dict of a LatteTransformer3DModel."""
+    bad = {k: config.get(k) for k, v in REQUIRED.items() if config.get(k) != v}
+    heads, head_dim = config.get("num_attention_heads", 16), config.get("attention_head_dim", 88)
+    D = heads * head_dim
+    if config.get("cross_attention_dim") != D:
+        bad["cross_attention_dim"] = config.get("cross_attention_dim")
+    if not config.get("caption_channels"):
+        bad["caption_channels"] = config.get("caption_channels")
+    if bad:
+        raise CheckpointError(f"unsupported LatteTransformer3DModel config {bad}: moviola implements "
+                              f"{REQUIRED} with cross_attention_dim = heads × head_dim = {D} and a caption_channels")
+    layers, p = config.get("num_layers", 1), config["patch_size"]
+    in_ch = config["in_channels"]
+    out_ch = config.get("out_channels") or in_ch
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise CheckpointError(f"out_channels={out_ch} is neither in_channels={in_ch} nor twice it (learned sigma)")
+    table = name_table(layers)
+    wanted = {t for _, theirs in table for t in theirs}
+    missing, unknown = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
+    if missing or unknown:
+        raise CheckpointError(f"the LatteTransformer3DModel weights do not fit its config: missing keys {missing[:12]}, "
+                              f"unknown keys {unknown[:12]}")
+    out = {ours: torch.cat([sd[t] for t in theirs]) if len(theirs) > 1 else sd[theirs[0]] for ours, theirs in table}
+    sample = config.get("sample_size", 64)
+    model = dict(family="latte", size=named_size(D, heads) or "tiny", patch_size=p, hidden_size=D,
+                 depth=2 * layers, num_heads=heads, mlp_ratio=4.0, num_classes=0, learned_sigma=out_ch == 2 * in_ch,
+                 injection="adaln_single", caption_channels=config["caption_channels"],
+                 pos_base_size=sample // p, pos_interpolation_scale=float(max(sample // 64, 1)))
+    shape = dict(latent_size=sample, frames=config.get("video_length", 16), in_channels=in_ch)
+    return {"model": model, "shape": shape}, out
+
+
+def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A diffusers config and state dict for a moviola model diffusers can express."""
+    m = cfg.model
+    problems = [f"{k}={getattr(m, k)!r} (needs {v!r})" for k, v in
+                (("variant", 1), ("patch_embed", "frame"), ("injection", "adaln_single"), ("temporal_pos", "abs"),
+                 ("num_classes", 0), ("qk_norm", False)) if getattr(m, k) != v]
+    if m.caption_channels is None:
+        problems.append("caption_channels=None (needs the text width)")
+    if m.mlp_ratio not in (None, 4.0):
+        problems.append(f"mlp_ratio={m.mlp_ratio} (needs 4)")
+    if m.pos_base_size is None:
+        problems.append("pos_base_size=None (needs the latent size / patch that diffusers calls sample_size / patch_size)")
+    else:
+        sample = m.pos_base_size * m.patch_size
+        if m.pos_interpolation_scale != max(sample // 64, 1):
+            problems.append(f"pos_interpolation_scale={m.pos_interpolation_scale} (diffusers derives "
+                            f"{max(sample // 64, 1)} from sample_size={sample})")
+    if problems:
+        raise CheckpointError("diffusers' LatteTransformer3DModel cannot express this model: " + "; ".join(problems))
+    dims = resolve_model_dims(m)
+    D, heads = dims.hidden_size, dims.num_heads
+    layers = len({k.split(".")[1] for k in sd if k.startswith("spatial_blocks.")})
+    in_ch = sd["x_embedder.proj.weight"].shape[1]
+    out_ch = sd["final_layer.linear.weight"].shape[0] // (m.patch_size ** 2)
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in name_table(layers):
+        for name, part in zip(theirs, sd[ours].chunk(len(theirs))):
+            out[name] = part.contiguous()
+    config = {"_class_name": "LatteTransformer3DModel", "_diffusers_version": _diffusers_version(),
+              "num_attention_heads": heads, "attention_head_dim": D // heads, "in_channels": in_ch,
+              "out_channels": out_ch, "num_layers": layers, "dropout": 0.0, "cross_attention_dim": D,
+              "sample_size": sample, "patch_size": m.patch_size, "num_embeds_ada_norm": 1000,
+              "caption_channels": m.caption_channels, "video_length": cfg.data.frames, **REQUIRED}
+    return config, out
+
+
+def _diffusers_version() -> str:
+    try:
+        import diffusers
+        return diffusers.__version__
+    except ImportError:
+        return "0.42.1"
+
+
+def _read_diffusers_dir(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    if not (src / "config.json").is_file() and (src / "transformer" / "config.json").is_file():
+        src = src / "transformer"  # the root of a pipeline repo (maxin-cn/Latte-1)
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} has no config.json: expected a LatteTransformer3DModel save_pretrained directory")
+    config = json.loads((src / "config.json").read_text())
+    if config.get("_class_name") != "LatteTransformer3DModel":
+        raise CheckpointError(f"{src}/config.json is a {config.get('_class_name')!r}, not a LatteTransformer3DModel")
+    index = src / f"{WEIGHTS}.index.json"
+    if (src / WEIGHTS).is_file():
+        sd = load_file(str(src / WEIGHTS))
+    elif index.is_file():  # sharded
+        sd = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            sd.update(load_file(str(src / shard)))
+    elif (src / "diffusion_pytorch_model.bin").is_file():
+        sd = load_foreign_state_dict(src / "diffusion_pytorch_model.bin")
+    else:
+        raise CheckpointError(f"no {WEIGHTS} (nor a sharded index or .bin) in {src}")
+    return config, sd
+
+
+def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Optional[Union[str, Path]] = None) -> Path:
+    """``moviola convert diffusers-latte SRC OUT``: a diffusers Latte-1 transformer -> a checkpoint directory.
+
+    ``vae`` defaults to the ``vae/`` folder beside ``transformer/`` in a pipeline directory.
+    """
+    src = Path(src)
+    config, sd = _read_diffusers_dir(src)
+    if vae is None:
+        root = src.parent if (src / "config.json").is_file() and src.name == "transformer" else src
+        vae = root / "vae"
+        if not (vae / "config.json").is_file():
+            raise CheckpointError(f"no VAE found at {vae}: give --vae DIR (a diffusers AutoencoderKL directory)")
+    info, out = diffusers_to_moviola(sd, config)
+    factor = autoencoder_spatial_factor(AutoencoderConfig(kind="frame_vae", path=str(vae)))
+    tree = {"name": src.name if src.name != "transformer" else src.parent.name, "model": info["model"],
+            "autoencoder": {"kind": "frame_vae", "path": str(vae)},
+            "data": {"dataset": "folder", "root": "data/videos", "size": info["shape"]["latent_size"] * factor,
+                     "frames": info["shape"]["frames"]},
+            "diffusion": {"schedule": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+                          "prediction": "eps", "timestep_spacing": "leading"},
+            "sample": {"sampler": "ddim", "steps": 50, "cfg": 7.5}}
+    return write_checkpoint_dir(out_dir, load_config(data=tree), out)
+
+
+def export_diffusers(ckpt: Union[str, Path], out_dir: Union[str, Path], weights: str = "ema") -> Path:
+    """``moviola convert to-diffusers CKPT OUT``: a diffusers ``save_pretrained`` directory
+    (config.json + diffusion_pytorch_model.safetensors) that ``LatteTransformer3DModel.from_pretrained`` loads."""
+    path = resolve_checkpoint(ckpt)
+    cfg = config_from_json(path / "config.json")
+    model = load_model(path, weights=weights)
+    config, sd = moviola_to_diffusers(cfg, model.state_dict())
+    left = set(model.state_dict()) - {k for k, _ in name_table(config["num_layers"])}
+    if left:
+        raise CheckpointError(f"no diffusers name for {sorted(left)[:8]}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"{out_dir} exists and is not an empty directory; choose a new output directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out_dir / WEIGHTS))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
