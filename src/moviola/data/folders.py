@@ -1,24 +1,32 @@
-"""A folder of video files as a dataset, with captions from a ``captions.jsonl`` beside them.
+"""Folders of video or image files as datasets, with captions from a ``captions.jsonl`` beside them.
 
-Real folders contain broken files. Rather than crash an hour into training, bad items are
-skipped and counted in ``dataset.skipped`` (reason -> count):
+:class:`VideoFolder` gives clips; :class:`ImageFolder` gives single images as one-frame videos
+``(3, 1, H, W)`` (for joint image-video training). Real folders contain broken files. Rather than
+crash an hour into training, bad items are skipped and counted in ``dataset.skipped``
+(reason -> count):
 
 - ``empty``: a zero-byte file (checked at init, a stat call).
-- ``unreadable``: PyAV cannot open or decode it (truncated, not a video, no video stream).
+- ``unreadable``: PyAV (videos) or Pillow (images) cannot open or decode it (truncated, not a
+  video or image at all, no video stream).
 - ``too_short``: fewer than ``(frames - 1) * stride + 1`` frames, the span a clip needs.
 - ``bad_caption_line``: a caption line that is not a JSON object with a ``"file"`` string.
+- ``unreadable_caption_file``: the caption file exists but cannot be read (a directory, a broken
+  link, no permission); the folder is then used without captions.
 
 With ``probe=True`` (default) each file's container header is opened at init, which catches
 unreadable files and, where the container records a frame count (mp4, avi), short ones, so
 ``len()`` counts usable files. Anything a header cannot reveal (a gif or webm that is too short,
 a stream corrupt past its header) is caught lazily: ``__getitem__`` counts the reason, marks the
 file bad and returns the next usable item instead. Lazy counts live in the process that read
-the item (each DataLoader worker has its own). A folder with no usable file is a ValueError.
+the item (each DataLoader worker has its own); ``bad_items`` (file -> reason) lists what this
+process found lazily, so a trainer can merge what its workers found (see training/trainer.py).
+A folder with no usable file is a ValueError, at init or when the last usable file turns out bad.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
@@ -31,15 +39,108 @@ from moviola.data.transforms import SizeLike, resize_and_crop, to_hw
 from moviola.video import VideoDecodeError, from_uint8, probe_video, read_video
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".gif", ".webm", ".avi")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-__all__ = ["VIDEO_SUFFIXES", "VideoFolder"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageFolder", "VideoFolder"]
 
 
 class _TooShort(Exception):
     pass
 
 
-class VideoFolder(Dataset):
+class _Unreadable(Exception):
+    pass
+
+
+class _MediaFolder(Dataset):
+    """What video and image folders share: captions, skip counting, and the skip-to-next-item loop."""
+
+    root: Path
+    files: list[Path]
+    skipped: Counter
+    captions: dict[str, dict]
+    _bad: dict[int, str]
+    kind = "file"
+
+    def _find(self, suffixes: tuple[str, ...]) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*")
+                      if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
+
+    def _load_captions(self, captions: Optional[Union[str, Path]]) -> dict[str, dict]:
+        if captions is None:
+            return {}
+        path = Path(captions)
+        path = path if path.is_absolute() else self.root / path
+        if not path.exists() and not path.is_symlink():
+            return {}
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:  # a directory, a dangling link, no permission: go on without captions
+            self.skipped["unreadable_caption_file"] += 1
+            warnings.warn(f"cannot read caption file {str(path)!r} ({type(e).__name__}: {e}); "
+                          "using the folder without captions", stacklevel=3)
+            return {}
+        table: dict[str, dict] = {}
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                self.skipped["bad_caption_line"] += 1
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+                self.skipped["bad_caption_line"] += 1
+                continue
+            table[str(PurePosixPath(record["file"]))] = record
+        return table
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def bad_items(self) -> dict[str, str]:
+        """Files this process found unusable while reading (not at init): relative path -> reason."""
+        return {self.files[i].relative_to(self.root).as_posix(): why for i, why in self._bad.items()}
+
+    def _read(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.files)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} {self.kind}s")
+        for k in range(n):
+            i = (index + k) % n
+            if i in self._bad:
+                continue
+            try:
+                clip = self._read(i)
+            except (VideoDecodeError, _Unreadable, OSError):  # OSError: e.g. deleted since init
+                reason = "unreadable"
+            except _TooShort:
+                reason = "too_short"
+            else:
+                return self._item(i, clip)
+            self.skipped[reason] += 1
+            self._bad[i] = reason
+        raise ValueError(f"no readable {self.kind} left in {str(self.root)!r}; skipped {dict(self.skipped)}")
+
+    def _item(self, i: int, clip: np.ndarray) -> dict:
+        video = resize_and_crop(from_uint8(clip), self.size)  # (3, T, H, W) in [-1, 1]
+        record = self.captions.get(self.files[i].relative_to(self.root).as_posix(), {})
+        label = record.get("label", -1)
+        if not isinstance(label, int) or isinstance(label, bool) or not -2**63 <= label < 2**63:
+            label = -1
+        text = record.get("caption", "")
+        return {
+            "video": video,
+            "label": torch.tensor(label, dtype=torch.int64),
+            "caption": text if isinstance(text, str) else "",
+        }
+
+
+class VideoFolder(_MediaFolder):
     """Clips of ``frames`` frames every ``stride`` frames, resized and center-cropped to ``size``.
 
     Items are ``dict(video (3,T,H,W) float32 in [-1,1], label int64, caption str)``, the same as
@@ -47,6 +148,8 @@ class VideoFolder(Dataset):
     caption file has no entry for the file. Files are found recursively and sorted, so indices
     are stable; caption entries name files by their path relative to ``root``.
     """
+
+    kind = "video"
 
     def __init__(
         self,
@@ -71,10 +174,7 @@ class VideoFolder(Dataset):
         self.skipped: Counter[str] = Counter()
         self.captions = self._load_captions(captions)
 
-        candidates = sorted(
-            p for p in self.root.rglob("*")
-            if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        candidates = self._find(VIDEO_SUFFIXES)
         self.files: list[Path] = []
         self._lengths: list[Optional[int]] = []  # frame count from the header, None if unknown
         for path in candidates:
@@ -98,32 +198,7 @@ class VideoFolder(Dataset):
                 f"no usable video in {str(self.root)!r}: {len(candidates)} files with suffixes "
                 f"{', '.join(VIDEO_SUFFIXES)}, skipped {dict(self.skipped)} (need {self.span} frames each)"
             )
-        self._bad: set[int] = set()
-
-    def _load_captions(self, captions: Optional[Union[str, Path]]) -> dict[str, dict]:
-        if captions is None:
-            return {}
-        path = Path(captions)
-        path = path if path.is_absolute() else self.root / path
-        if not path.is_file():
-            return {}
-        table: dict[str, dict] = {}
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                self.skipped["bad_caption_line"] += 1
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
-                self.skipped["bad_caption_line"] += 1
-                continue
-            table[str(PurePosixPath(record["file"]))] = record
-        return table
-
-    def __len__(self) -> int:
-        return len(self.files)
+        self._bad: dict[int, str] = {}  # index -> reason, found while reading
 
     def _offset(self, length: int) -> int:
         if not self.random_offset or length <= self.span:
@@ -144,34 +219,60 @@ class VideoFolder(Dataset):
             raise _TooShort
         return clip
 
-    def __getitem__(self, index: int) -> dict:
-        n = len(self.files)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} videos")
-        for k in range(n):
-            i = (index + k) % n
-            if i in self._bad:
-                continue
-            try:
-                clip = self._read(i)
-            except VideoDecodeError:
-                self.skipped["unreadable"] += 1
-            except _TooShort:
-                self.skipped["too_short"] += 1
-            else:
-                return self._item(i, clip)
-            self._bad.add(i)
-        raise RuntimeError(f"no readable video left in {str(self.root)!r}; skipped {dict(self.skipped)}")
 
-    def _item(self, i: int, clip: np.ndarray) -> dict:
-        video = resize_and_crop(from_uint8(clip), self.size)  # (3, T, H, W) in [-1, 1]
-        record = self.captions.get(self.files[i].relative_to(self.root).as_posix(), {})
-        label = record.get("label", -1)
-        if not isinstance(label, int) or isinstance(label, bool):
-            label = -1
-        text = record.get("caption", "")
-        return {
-            "video": video,
-            "label": torch.tensor(label, dtype=torch.int64),
-            "caption": text if isinstance(text, str) else "",
-        }
+class ImageFolder(_MediaFolder):
+    """Images (png, jpg, webp, bmp) as one-frame videos: items ``dict(video (3,1,H,W), label, caption)``.
+
+    The same contract as :class:`VideoFolder` (resize the shorter side, center crop to ``size``,
+    captions from ``captions.jsonl``, bad files skipped and counted), so image and video
+    datasets can be mixed for joint training. ``probe=True`` opens each header at init (Pillow's
+    ``verify``), which catches files that are not images; a file corrupt past its header is
+    caught when read.
+    """
+
+    kind = "image"
+
+    def __init__(self, root: Union[str, Path], size: SizeLike = 32,
+                 captions: Optional[Union[str, Path]] = "captions.jsonl", probe: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {str(self.root)!r} does not exist or is not a directory")
+        self.size = to_hw(size)
+        self.skipped: Counter[str] = Counter()
+        self.captions = self._load_captions(captions)
+        candidates = self._find(IMAGE_SUFFIXES)
+        self.files: list[Path] = []
+        for path in candidates:
+            if path.stat().st_size == 0:
+                self.skipped["empty"] += 1
+                continue
+            if probe:
+                try:
+                    self._open(path, verify=True)
+                except _Unreadable:
+                    self.skipped["unreadable"] += 1
+                    continue
+            self.files.append(path)
+        if not self.files:
+            raise ValueError(f"no usable image in {str(self.root)!r}: {len(candidates)} files with suffixes "
+                             f"{', '.join(IMAGE_SUFFIXES)}, skipped {dict(self.skipped)}")
+        self._bad: dict[int, str] = {}
+
+    @staticmethod
+    def _open(path: Path, verify: bool = False) -> Optional[np.ndarray]:
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad file
+                with Image.open(path) as img:
+                    if verify:
+                        img.verify()
+                        return None
+                    return np.array(img.convert("RGB"))  # a writable copy
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise _Unreadable(f"{type(e).__name__}: {e}") from e
+
+    def _read(self, i: int) -> np.ndarray:
+        return self._open(self.files[i])[None]  # (H, W, 3) -> (1, H, W, 3): a one-frame video
