@@ -17,11 +17,14 @@ from moviola.nn.attention import attention
 
 
 def best_ms(fn, shape, dtype, repeats: int = 5) -> float:
+    """Forward + backward under bf16 autocast, as in training (autocast decides SDPA's dtype)."""
     q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(q, k, v).float().sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(q, k, v)
+        out.float().sum().backward()
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
 

@@ -11,34 +11,46 @@ FLOPs. One full step is run under ``torch.utils.flop_counter.FlopCounterMode``, 
 matmul-like ops exactly from their shapes (mm, addmm, bmm, convolution, attention), forward and
 backward. Element-wise work (norms, modulation, GELU, the loss, AdamW) is not counted: these are
 *model* FLOPs, the numerator of MFU. PyTorch registers no formula for the CPU attention kernel
-(``_scaled_dot_product_flash_attention_for_cpu`` and its backward), so we add it with PyTorch's own
-SDPA formulas. The count then matches the analytic one (e.g. nanoGPT's / PaLM's MFU formula):
+(``_scaled_dot_product_flash_attention_for_cpu`` and its backward), so we add one: PyTorch's SDPA
+forward formula, and twice that for the backward. The count then matches the analytic one
+(nanoGPT's / PaLM's MFU formula with a video attention term):
 
-    step FLOPs ≈ 6 · P_tok · tokens  +  Σ_blocks 12 · B·G · L² · D
+    step FLOPs ≈ 6 · P_tok · tokens  +  Σ_blocks 12 · (B·G) · L² · D
 
-where ``P_tok`` are the weights applied to every token (qkv, proj, MLP in each block, the patch
-embedding and the final linear), 2 FLOPs per multiply-add and ×3 for forward + two backward
-matmuls; a block that attends over sequences of length L in B·G groups (spatial: G = T, L = N
-patches; temporal: G = N, L = T frames) costs 4·L²·D forward (QKᵀ and PV) and 8·L²·D backward
-per sequence. The per-frame adaLN and timestep-embedder matmuls (per (B, T), not per token) are
-counted too but are negligible. The flash backward's recomputation of QKᵀ is not counted (MFU
-counts the model's FLOPs, not the implementation's).
+``P_tok`` are the weights applied to every token (qkv, proj and MLP of each block, the patch
+embedding, the final linear): 2 FLOPs per multiply-add, ×3 for the forward and the two backward
+matmuls (input and weight gradients). A block attends over B·G sequences of length L (spatial:
+G = T frames, L = N patches; temporal: G = N, L = T); per sequence that is 4·L²·D forward (QKᵀ and
+PV) and 8·L²·D backward (dP, dV, dQ, dK), whichever SDPA backend runs. The adaLN and timestep
+matmuls run per (B, T), not per token; they are counted but negligible. The flash backward's
+recomputation of QKᵀ is not counted: MFU counts the model's FLOPs, not the implementation's.
+E.g. demo (D = 192, 8 blocks, B = 2, 2048 tokens): 6 · 3.56 M · 2048 = 43.7 G + attention 1.5 G
++ adaLN 0.3 G = 45.6 GFLOP, which is what the counter reports. ``--sdpa math`` forces PyTorch's
+math attention backend (still ``F.scaled_dot_product_attention``) to compare with the fused one.
 
-Utilization. Achieved FLOP/s = step FLOPs / median step time. It is divided by this machine's
-matmul FLOP/s *in the same precision*, measured with a large square ``torch.mm`` in the same
-worker process right before and right after the timed steps (their mean). A shared or throttled
-machine slows both alike, so the ratio is the stable number; the absolute ones are not.
+Utilization. Achieved FLOP/s = step FLOPs / step time. It is divided by this machine's matmul
+FLOP/s *in the same precision and thread count*, measured with a 2048² ``torch.mm`` in the same
+process right before each timed step (~0.25 s). The (threads, precision) pairs take turns step
+by step. "% of peak" is the median over steps of each step's ratio to its own probe; steps/s and
+GFLOP/s use the median step time. A steadily shared machine slows a probe and its step alike, so
+the ratio is the number to compare across runs, not the absolute ones. It is not load-proof:
+with every core busy, a step made of ~2000 small multi-threaded ops loses far more than one big
+matmul (each op waits at a barrier for its slowest, possibly descheduled, thread), so under load
+compare thread counts with ``--threads 1 2`` rather than trusting a 2-thread ratio.
 
-Peak memory. On CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps (weights, grads,
-AdamW state and activations; memory is empty before the model is built). On CPU each config runs in
-a fresh subprocess, and the peak is the process's peak RSS during the timed steps (VmHWM, after
-resetting it through ``/proc/self/clear_refs``; else ``ru_maxrss``) minus its RSS before the model
-was built. It therefore also holds weights, grads and AdamW state, like the CUDA number, plus
-allocator slack.
+Peak memory. On CUDA: ``torch.cuda.max_memory_allocated`` during one step, minus what was allocated
+before the model was built: weights, AdamW state, grads, activations. On CPU each config runs in a
+fresh subprocess (so nothing of another config stays resident): the peak RSS of one step (VmHWM,
+reset through ``/proc/self/clear_refs`` right before it, after ``malloc_trim``) minus the RSS just
+before it, plus the bytes of the weights and AdamW state that persist across steps. Measuring the
+growth within a warm step keeps out the library code and kernel caches that the first steps page
+in. Without a resettable VmHWM it falls back to ``ru_maxrss`` minus the RSS before the model was
+built (which includes them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import gc
@@ -164,7 +176,9 @@ def flop_counter():
         return fc.sdpa_flop_count(query, key, value)
 
     def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+        # Twice the forward: dV, dP, dQ, dK. (PyTorch's SDPA backward formula also counts the flash
+        # kernel's recomputation of QKᵀ; the math backend does not recompute, and MFU counts neither.)
+        return 2 * fc.sdpa_flop_count(query, key, value)
 
     custom = {}
     for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", fwd),
@@ -174,9 +188,18 @@ def flop_counter():
     return fc.FlopCounterMode(display=False, custom_mapping=custom)
 
 
+def sdpa_backend(name: str):
+    """Context that restricts F.scaled_dot_product_attention to one backend ("auto": PyTorch chooses)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[name])
+
+
 # ---------------------------------------------------------------------------------------- worker
 def run_config(name: str, precisions: list[str], threads: list[int], steps: int, device: torch.device,
-               breakdown: bool) -> list[dict]:
+               breakdown: bool, sdpa: str = "auto") -> list[dict]:
     """Measure one config in every precision (and CPU thread count) in this process; a dict per pair.
 
     The (threads, precision) pairs are interleaved step by step, and every timed step comes right
@@ -212,7 +235,7 @@ def run_config(name: str, precisions: list[str], threads: list[int], steps: int,
 
     def step(precision: str) -> None:
         t = torch.randint(0, schedule.num_timesteps, (B,), generator=g).to(device)
-        with autocast(device, precision):
+        with autocast(device, precision), sdpa_backend(sdpa):
             terms = training_losses(model, schedule, x0, t, cond, prediction="v")
         terms["loss"].float().mean().backward()
         optimizer.step()
@@ -226,17 +249,22 @@ def run_config(name: str, precisions: list[str], threads: list[int], steps: int,
     flops = counter.get_total_flops()
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     peak_mb = {}
+    # Weights and AdamW's moments live across steps; grads (set to None) and activations do not.
+    state_mb = sum(t.nbytes for t in [*model.parameters(), *(v for st in optimizer.state.values()
+                                                              for v in st.values() if torch.is_tensor(v))]) / 2 ** 20
     for prec in precisions:  # a warm-up step in each precision, which also measures the peak memory
         release_memory()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        hwm_reset = device.type == "cpu" and reset_peak_rss()
-        step(prec)
-        sync(device)
-        if device.type == "cuda":
+            step(prec)
             peak_mb[prec] = torch.cuda.max_memory_allocated(device) / 2 ** 20 - mem_base
-        else:
-            peak_mb[prec] = peak_rss_mb(hwm_reset) - mem_base
+        elif reset_peak_rss():
+            rss_before = current_rss_mb()
+            step(prec)
+            peak_mb[prec] = state_mb + peak_rss_mb(True) - rss_before
+        else:  # no resettable high-water mark: the process's peak RSS since before the model was built
+            step(prec)
+            peak_mb[prec] = peak_rss_mb(False) - mem_base
 
     pairs = [(th, prec) for th in threads for prec in precisions]
     times = {pair: [] for pair in pairs}
@@ -258,11 +286,12 @@ def run_config(name: str, precisions: list[str], threads: list[int], steps: int,
         if device.type == "cpu":
             torch.set_num_threads(th)
         rows.append(dict(
-            config=name, note=spec["note"], params=params, batch=B, data=list(spec["data"]),
+            config=name, note=spec["note"], sdpa=sdpa, params=params, batch=B, data=list(spec["data"]),
             tokens=B * T * (H // spec["patch_size"]) * (W // spec["patch_size"]), precision=prec,
             threads=th if device.type == "cpu" else None, steps=steps, step_s=step_s, step_times=times[th, prec],
-            steps_per_s=1 / step_s, flops_per_step=flops, flops_by_op=by_op, achieved_flops=flops / step_s, matmul_flops=statistics.median(peaks[th, prec]),
-            matmul_probes=peaks[th, prec], frac_of_peak=statistics.median(ratios), peak_mem_mb=peak_mb[prec],
+            steps_per_s=1 / step_s, flops_per_step=flops, flops_by_op=by_op, achieved_flops=flops / step_s,
+            matmul_flops=statistics.median(peaks[th, prec]), matmul_probes=peaks[th, prec],
+            frac_of_peak=statistics.median(ratios), peak_mem_mb=peak_mb[prec],
             time_split=profile_step(lambda: step(prec), device) if breakdown else None))
     torch.set_num_threads(default_threads)
     return rows
@@ -324,8 +353,8 @@ def format_table(rows: list[dict], markdown: bool) -> str:
 def format_split(rows: list[dict], markdown: bool) -> str:
     keys = ("matmul", "attention", "optimizer", "other")
     cells = [["config", "precision", "threads", *[f"{k} %" for k in keys]]]
-    cells += [[r["config"], r["precision"], str(r["threads"] or "-"), *[f"{100 * r['time_split'][k]:.0f}" for k in keys]]
-              for r in rows if r.get("time_split")]
+    cells += [[r["config"], r["precision"], str(r["threads"] or "-"),
+               *[f"{100 * r['time_split'][k]:.0f}" for k in keys]] for r in rows if r.get("time_split")]
     if len(cells) == 1:
         return ""
     if markdown:
@@ -337,7 +366,8 @@ def format_split(rows: list[dict], markdown: bool) -> str:
 
 def run_worker_subprocess(name: str, args) -> list[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--precision", *args.precision,
-           "--steps", str(args.steps), "--device", args.device, "--threads", *map(str, args.threads)]
+           "--steps", str(args.steps), "--device", args.device, "--threads", *map(str, args.threads),
+           "--sdpa", args.sdpa]
     if args.breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -356,7 +386,8 @@ def speedup_lines(rows: list[dict], fast: str = "bf16", slow: str = "fp32") -> l
         if (name, th, fast) in by_key and (name, th, slow) in by_key:
             f, s = by_key[(name, th, fast)], by_key[(name, th, slow)]
             where = f"{name}" + (f" ({th} threads)" if th else "")
-            out.append(f"{where}: step {s['step_s'] / f['step_s']:.2f}×, matmul {f['matmul_flops'] / s['matmul_flops']:.2f}×")
+            out.append(f"{where}: step {s['step_s'] / f['step_s']:.2f}×, "
+                       f"matmul {f['matmul_flops'] / s['matmul_flops']:.2f}×")
     return out
 
 
@@ -368,16 +399,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES,
                    help=f"configs: {', '.join(CONFIGS)} or <registry size>/<patch> (default: %(default)s)")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--steps", type=int, default=5, help="timed steps per config (median is reported)")
     p.add_argument("--threads", nargs="+", type=int, default=[torch.get_num_threads()],
                    help="CPU thread counts to compare, interleaved (default: torch's, %(default)s)")
+    p.add_argument("--sdpa", choices=["auto", "math", "flash"], default="auto",
+                   help="attention backend of F.scaled_dot_product_attention (default: PyTorch's choice)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda[:N]")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    p.add_argument("--breakdown", action="store_true", help="also profile two steps: time per kind of op")
+    p.add_argument("--breakdown", action="store_true", help="also profile one step per row: share of time per kind of op")
     p.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -386,7 +420,7 @@ def main(argv=None) -> None:
         raise SystemExit("fp16 autocast needs CUDA; use bf16 on CPU")
 
     if args.worker:  # one config, every precision, in a fresh process, so its peak RSS is its own
-        rows = run_config(args.worker, args.precision, args.threads, args.steps, device, args.breakdown)
+        rows = run_config(args.worker, args.precision, args.threads, args.steps, device, args.breakdown, args.sdpa)
         print("RESULT " + json.dumps(rows), flush=True)
         return
     for name in args.sizes:
@@ -398,17 +432,21 @@ def main(argv=None) -> None:
     for name in args.sizes:
         for r in run_worker_subprocess(name, args):
             rows.append(r)
-            print(f"  {name:6s} {r['precision']} threads={r['threads']}: {r['step_s'] * 1e3:8.0f} ms/step, {100 * r['frac_of_peak']:5.1f} % "
+            print(f"  {name:6s} {r['precision']} threads={r['threads']}: {r['step_s'] * 1e3:8.0f} ms/step, "
+                  f"{100 * r['frac_of_peak']:5.1f} % "
                   f"of {r['matmul_flops'] / 1e9:.0f} GFLOP/s", file=sys.stderr, flush=True)
     peaks_end = {prec: MatmulProbe(device, prec)(seconds=1.0) for prec in args.precision}
     elapsed = (datetime.datetime.now().astimezone() - started).total_seconds()
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else platform.processor() or platform.machine())
     threads = torch.get_num_threads()
     print(f"{started:%Y-%m-%d %H:%M %Z}  torch {torch.__version__}  device {device} ({dev_name}, "
-          f"{os.cpu_count()} CPUs, {threads} torch threads)  median of {args.steps} timed steps  [{elapsed:.0f} s]")
+          f"{os.cpu_count()} CPUs, {threads} torch threads by default)  attention backend: {args.sdpa}  "
+          f"median of {args.steps} timed steps  [{elapsed:.0f} s]")
     n = MM_SIZE.get(device.type, 2048)
-    peak_line = ", ".join(f"{prec} {peaks_start[prec] / 1e9:.0f} → {peaks_end[prec] / 1e9:.0f}" for prec in args.precision)
+    peak_line = ", ".join(f"{prec} {peaks_start[prec] / 1e9:.0f} → {peaks_end[prec] / 1e9:.0f}"
+                          for prec in args.precision)
     print(f"matmul peak ({n}×{n} torch.mm, GFLOP/s at start → end): {peak_line}")
     print()
     print(format_table(rows, args.markdown))
@@ -418,7 +456,7 @@ def main(argv=None) -> None:
         print("\n".join(("- " if args.markdown else "  ") + line for line in speedups))
     split = format_split(rows, args.markdown)
     if split:
-        print("\nshare of profiled op time (self time of aten ops over 2 steps):\n")
+        print("\nshare of profiled op time (self time of aten ops in one step):\n")
         print(split)
     if args.json:
         with open(args.json, "w") as f:

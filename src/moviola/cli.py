@@ -1,12 +1,18 @@
 """``moviola`` command line: the only place that parses arguments.
 
-Every user error (bad config key or type, impossible shape, missing file) ends as one line
-``moviola: error: ...`` on stderr and exit code 2, never a traceback.
+Every user error (bad config key or type, impossible shape, missing file, a bad argument) ends
+as one line ``moviola: error: ...`` on stderr and exit code 2, never a traceback, and ``train``
+leaves no run directory behind. Exit codes: 0 done, 1 a run that stopped on a fault (diverged,
+checkpoints not writable, another OS error), 2 a user error, 130 / 143 stopped by SIGINT / SIGTERM
+after writing a checkpoint (resume with ``--resume``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,9 +40,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("train needs a CONFIG file (or --resume --run-dir DIR of an existing run)")
         cfg = load_config(args.config, overrides)
     run_dir = run_dir or Path("runs") / cfg.name
-    last = Trainer(cfg, run_dir, resume=args.resume, quiet=args.quiet).train()
+    created = None  # the topmost directory this command creates: removed again on a user error
+    if not run_dir.exists():
+        created = run_dir
+        while not created.parent.exists():
+            created = created.parent
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume, quiet=args.quiet, init_from=args.init_from)
+        last = trainer.train()
+    except USER_ERRORS:
+        if created is not None and not any((run_dir / "checkpoints").glob("step_*")):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     print(json.dumps({"run_dir": str(run_dir), **{k: v for k, v in last.items() if k != "time"}}))
+    if trainer.stopped_by:
+        print(f"moviola: stopped by {trainer.stopped_by} at step {trainer.step}; checkpoint written; "
+              f"continue with: moviola train --resume --run-dir {run_dir}", file=sys.stderr)
+        return 128 + signal.Signals[trainer.stopped_by].value
     return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Sampling arguments argparse types but does not range-check (NaN guidance, zero frames, ...)."""
+    for name in ("cfg", "eta"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}")
+    if getattr(args, "eta", None) is not None and args.eta < 0:
+        raise ValueError(f"--eta must be 0 or more, got {args.eta}")
+    for name in ("steps", "frames", "size", "fps"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -45,6 +80,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num_videos <= 0:
         raise ValueError("--num-videos must be at least 1")
+    _check_numbers(args)
     if args.out is None and args.out_dir is None:
         raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):
@@ -111,6 +147,7 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         if args.per_class <= 0:
             raise ValueError("--per-class must be at least 1")
+        _check_numbers(args)
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
                                      sampler=args.sampler, seed=args.seed, device=args.device)
     else:
@@ -125,8 +162,43 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from moviola.models import convert
+
+    if args.source == "latte-official":
+        out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
+                                       base_config=args.config)
+    elif args.source == "diffusers-latte":
+        out = convert.import_diffusers(args.src, args.out, vae=args.vae)
+    else:
+        out = convert.export_diffusers(args.src, args.out, weights=args.weights)
+    print(f"wrote {out}")
+    return 0
+
+
+def _one_line(message: str) -> str:
+    """Escape control characters (newlines, \\x1e, ...) an argument may carry: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error format of every other moviola error (subparsers inherit it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"moviola: error: {_one_line(message)} (see: {self.prog} --help)\n")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from moviola.training.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, weights=args.weights, dtype=args.dtype)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {args.weights} weights in {args.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
+    p = _Parser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a denoiser from a YAML config")
@@ -138,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="shorthand for --set train.steps=...")
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--init-from", metavar="DIT.pt", help="initialize the frame-wise layers from an image DiT state dict")
     t.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")
@@ -159,6 +232,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=_cmd_sample)
+
+    x = sub.add_parser("export", help="write a checkpoint's weights + config alone, for shipping")
+    x.add_argument("checkpoint", help="a checkpoint directory or a run directory (its newest checkpoint)")
+    x.add_argument("out", help="output directory (config.json + model.safetensors)")
+    x.add_argument("--weights", choices=["ema", "model"], default="ema")
+    x.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    x.set_defaults(fn=_cmd_export)
+
+    c = sub.add_parser("convert", help="import or export weights: official Latte .pt, diffusers Latte")
+    csub = c.add_subparsers(dest="source", required=True)
+    co = csub.add_parser("latte-official", help="an official Latte .pt (ffs, sky, taichi, ucf101) -> a checkpoint dir")
+    co.add_argument("src", help="the .pt file ({'ema', 'model'} or a bare state dict)")
+    co.add_argument("out", help="output checkpoint directory (config.json + model.safetensors)")
+    co.add_argument("--vae", required=True, help="the diffusers AutoencoderKL directory it was trained with "
+                    "(the release's vae/ folder); only its config.json is read here")
+    co.add_argument("--num-heads", type=int, help="attention heads (default: those of the named size of its width)")
+    co.add_argument("--config", help="take data/diffusion/train/sample settings from this YAML (e.g. "
+                    "configs/latte/ffs.yaml); default: the paper's")
+    co.set_defaults(fn=_cmd_convert)
+    cd = csub.add_parser("diffusers-latte", help="a diffusers LatteTransformer3DModel directory -> a checkpoint dir")
+    cd.add_argument("src", help="its save_pretrained directory (or a pipeline root with transformer/)")
+    cd.add_argument("out", help="output checkpoint directory")
+    cd.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside transformer/)")
+    cd.set_defaults(fn=_cmd_convert)
+    ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
+    ce.add_argument("src", help="a checkpoint directory or a run directory")
+    ce.add_argument("out", help="output directory (config.json + diffusion_pytorch_model.safetensors)")
+    ce.add_argument("--weights", choices=["ema", "model"], default="ema")
+    ce.set_defaults(fn=_cmd_convert)
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="dataset", required=True)
@@ -196,14 +298,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.fn(args)
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"moviola: error: {msg}", file=sys.stderr)
+        print(f"moviola: error: {_one_line(msg)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("moviola: error: out of memory (ask for fewer or smaller videos, or a smaller batch)", file=sys.stderr)
+        return 1
     except RuntimeError as e:
-        from moviola.training.trainer import TrainingDiverged  # already imported if it was raised
+        from moviola.training.trainer import CheckpointWriteFailed, TrainingDiverged  # already imported if raised
 
-        if not isinstance(e, TrainingDiverged):
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):  # torch's CPU and CUDA allocators
+            print(f"moviola: error: out of memory (ask for fewer or smaller videos, or a smaller batch): "
+                  f"{_one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
+            return 1
+        if not isinstance(e, (TrainingDiverged, CheckpointWriteFailed)):
             raise
-        print(f"moviola: error: {e}", file=sys.stderr)  # a diverged run: a message, not a traceback
+        print(f"moviola: error: {e}", file=sys.stderr)  # a run stopped on a fault: a message, not a traceback
+        return 1
+    except OSError as e:  # disk full, I/O error, ...: the system's fault, not the user's input
+        print(f"moviola: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("moviola: interrupted", file=sys.stderr)

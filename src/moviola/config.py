@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
 import re
 import types
 import typing
@@ -41,6 +43,17 @@ class ModelConfig:
     class_dropout_prob: float = 0.1  # probability of training with the null class (for guidance)
     learned_sigma: bool = False
     qk_norm: bool = False
+    # Latte's design switches (paper §3.2-3.3); the defaults are the released model.
+    variant: Literal[1, 2, 3, 4] = 1  # 1 interleaved, 2 late fusion, 3 factorized attention, 4 factorized heads
+    patch_embed: Literal["frame", "tubelet"] = "frame"  # per-frame p×p patches, or s×p×p tubelets
+    tubelet_size: int = 1  # s, the tubelet's temporal stride (patch_embed=tubelet)
+    injection: Literal["adaln", "adaln_single", "tokens"] = "adaln"  # timestep/class: adaLN-Zero, PixArt, tokens
+    temporal_pos: Literal["abs", "rope"] = "abs"  # absolute sin-cos, or RoPE in the temporal attention
+    caption_channels: Optional[int] = None  # text width: cross-attention to text (Latte-1 T2V); None = no text
+    # PixArt / diffusers' Latte-1 position scaling: a grid of n tokens gets positions i·base/n/scale.
+    # null and 1.0 give integer positions (DiT, Latte); imported Latte-1 models set them.
+    pos_base_size: Optional[int] = None
+    pos_interpolation_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class DataConfig:
     seed: int = 0
     bounce: bool = False
     num_workers: int = 0
+    use_image_num: int = 0  # image-video joint training: single frames of other clips after each video
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_failed_saves: int = 3  # consecutive failed checkpoint writes (disk full) before the run stops
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class RunConfig:
         from moviola.models.registry import resolve_model_dims  # late import: no cycle
 
         m, d, t = self.model, self.data, self.train
+        _check_ranges(self)
         if d.size <= 0 or d.frames <= 0:
             raise ConfigError(f"data.size and data.frames must be positive (got {d.size}, {d.frames})")
         factor = autoencoder_spatial_factor(self.autoencoder)
@@ -147,13 +163,101 @@ class RunConfig:
             raise ConfigError(f"train.lr must be positive (got {t.lr})")
         if not 0.0 <= m.class_dropout_prob < 1.0:
             raise ConfigError(f"model.class_dropout_prob must be in [0, 1) (got {m.class_dropout_prob})")
+        self._validate_latte_switches()
         return self
+
+    def _validate_latte_switches(self) -> None:
+        from moviola.models.registry import resolve_model_dims  # late import: no cycle
+
+        m, d = self.model, self.data
+        if m.patch_embed == "frame" and m.tubelet_size != 1:
+            raise ConfigError(f"model.tubelet_size={m.tubelet_size} needs model.patch_embed=tubelet "
+                              "(per-frame patches have tubelet_size 1)")
+        if m.tubelet_size < 1:
+            raise ConfigError(f"model.tubelet_size must be at least 1 (got {m.tubelet_size})")
+        if d.frames % m.tubelet_size:
+            raise ConfigError(f"data.frames={d.frames} is not divisible by model.tubelet_size={m.tubelet_size}")
+        dims = resolve_model_dims(m)
+        if m.temporal_pos == "rope" and (dims.hidden_size // dims.num_heads) % 2:
+            raise ConfigError(f"model.temporal_pos=rope needs an even head width; hidden_size/num_heads = "
+                              f"{dims.hidden_size}/{dims.num_heads} is odd")
+        if m.caption_channels is not None and m.caption_channels <= 0:
+            raise ConfigError(f"model.caption_channels must be positive or null (got {m.caption_channels})")
+        if m.pos_base_size is not None and m.pos_base_size <= 0:
+            raise ConfigError(f"model.pos_base_size must be positive or null (got {m.pos_base_size})")
+        if m.pos_interpolation_scale <= 0:
+            raise ConfigError(f"model.pos_interpolation_scale must be positive (got {m.pos_interpolation_scale})")
+        if d.use_image_num < 0:
+            raise ConfigError(f"data.use_image_num must be 0 or more (got {d.use_image_num})")
+        if d.use_image_num and m.patch_embed != "frame":
+            raise ConfigError("data.use_image_num > 0 (image-video joint training) needs model.patch_embed=frame: "
+                              "a single image cannot fill a tubelet")
+        if d.use_image_num and d.dataset == "shapes" and d.count < 2:
+            raise ConfigError("data.use_image_num > 0 takes its images from other clips: data.count must be at least 2")
+
+
+def _numbers(cfg: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, tuple):
+            yield from ((f"{prefix}{f.name}[{i}]", v) for i, v in enumerate(value))
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+# (key, lowest allowed, highest allowed); None = unbounded on that side. The few upper bounds are far
+# beyond any real run; they turn an absurd value into this error instead of an hour-long hang or an
+# allocation failure (data.count sizes a permutation, num_timesteps the schedule tables).
+_RANGES: tuple[tuple[str, Optional[float], Optional[float]], ...] = (
+    ("data.count", 1, 10**7), ("diffusion.num_timesteps", 1, 100_000), ("train.batch_size", 1, 65_536),
+    ("train.lr", 0, 1000),  # AdamW's float32 arithmetic overflows on absurd rates
+    ("model.patch_size", 1, None), ("model.hidden_size", 1, None), ("model.depth", 1, None),
+    ("model.num_heads", 1, None), ("model.mlp_ratio", 1e-6, None), ("model.num_classes", 0, None),
+    ("autoencoder.chunk_frames", 1, None), ("data.frame_stride", 1, None),
+    ("data.seed", 0, 2**32 - 1), ("data.num_workers", 0, 256), ("diffusion.beta_start", 1e-12, 0.999),
+    ("diffusion.beta_end", 1e-12, 0.999), ("diffusion.min_snr_gamma", 1e-12, None),
+    ("train.weight_decay", 0, 1000), ("train.betas[0]", 0, 0.999999), ("train.betas[1]", 0, 0.999999),
+    ("train.warmup_steps", 0, None), ("train.min_lr_ratio", 0, 1), ("train.grad_clip", 0, None),
+    ("train.sample_every", 0, None), ("train.sample_steps", 1, None), ("train.seed", 0, 2**32 - 1),
+    ("train.max_bad_steps", 1, None), ("train.max_failed_saves", 1, None), ("sample.eta", 0, None),
+)
+
+
+def _check_ranges(cfg: "RunConfig") -> None:
+    """Finite numbers and sane ranges: a NaN learning rate or a zero patch is an error, not a crash."""
+    values = dict(_numbers(cfg))
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number (got {value})")
+    for key, low, high in _RANGES:
+        value = values[key]
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f"between {low} and {high}" if low is not None and high is not None
+                      else f"at least {low}" if low is not None else f"at most {high}")
+            raise ConfigError(f"{key} must be {bounds} (got {value})")
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0"):
+        raise ConfigError(f"name {cfg.name!r} must be a plain directory name (it names runs/<name>)")
 
 
 def autoencoder_spatial_factor(cfg: AutoencoderConfig) -> int:
     """How many pixels one latent pixel covers, read from the VAE's config.json (no weights loaded)."""
     if cfg.kind == "identity":
         return 1
+    return 2 ** (len(_vae_config(cfg)["block_out_channels"]) - 1)
+
+
+def autoencoder_latent_channels(cfg: AutoencoderConfig) -> int:
+    """Channels of the latents, read from the VAE's config.json (no weights loaded); 3 for identity."""
+    if cfg.kind == "identity":
+        return 3
+    return int(_vae_config(cfg).get("latent_channels", 4))  # diffusers' AutoencoderKL default
+
+
+def _vae_config(cfg: AutoencoderConfig) -> dict:
     if not cfg.path:
         raise ConfigError("autoencoder.kind=frame_vae needs autoencoder.path "
                           "(a local diffusers-format AutoencoderKL directory)")
@@ -163,10 +267,11 @@ def autoencoder_spatial_factor(cfg: AutoencoderConfig) -> int:
         raise ConfigError(f"autoencoder.path {root} has no config.json (nor vae/config.json): "
                           "expected a local diffusers-format AutoencoderKL directory")
     try:
-        blocks = json.loads(found.read_text())["block_out_channels"]
+        vae = json.loads(found.read_text())
+        len(vae["block_out_channels"])
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{found} is not an AutoencoderKL config (no block_out_channels)") from None
-    return 2 ** (len(blocks) - 1)
+    return vae
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +435,11 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    """Write the resolved config; a temporary file and a rename, so a crash never leaves half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def config_from_json(path: Union[str, Path]) -> RunConfig:

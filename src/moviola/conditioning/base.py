@@ -20,7 +20,7 @@ NULL_LABEL = -1  # the class label that means "no class" (dropped for guidance)
 
 @dataclass
 class Conditioning:
-    labels: Optional[torch.Tensor] = None  # (B,) int64; NULL_LABEL = unconditional
+    labels: Optional[torch.Tensor] = None  # (B,) int64, or (B, T) per frame; NULL_LABEL = unconditional
     text: Optional[torch.Tensor] = None  # (B, L, D) token embeddings
     text_mask: Optional[torch.Tensor] = None  # (B, L) bool, True = a real token
     image_tokens: Optional[torch.Tensor] = None  # (B, L_img, D_img)

@@ -14,7 +14,7 @@ import torch
 
 from moviola.autoencoders import Autoencoder, build_autoencoder
 from moviola.conditioning import Conditioning
-from moviola.config import RunConfig, config_from_json
+from moviola.config import RunConfig, autoencoder_latent_channels, config_from_json
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.models.registry import build_model
 from moviola.training.checkpoint import CheckpointError, check_state_dict, load_weights, resolve_checkpoint
@@ -95,8 +95,8 @@ def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, 
     """The denoiser of a checkpoint directory (or a run's newest checkpoint), in eval mode."""
     ckpt = resolve_checkpoint(path)
     cfg = _load_config(ckpt)
-    if latent_channels is None:
-        latent_channels = 3 if cfg.autoencoder.kind == "identity" else build_autoencoder(cfg.autoencoder).latent_channels
+    if latent_channels is None:  # from the VAE's config.json: no VAE weights are loaded for the denoiser
+        latent_channels = autoencoder_latent_channels(cfg.autoencoder)
     model = build_model(cfg.model, latent_channels)
     name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
     sd = load_weights(ckpt, name)

@@ -1,0 +1,43 @@
+"""Export a checkpoint for shipping: config + one set of weights, optionally in half precision.
+
+The result is a directory ``config.json`` + ``model.safetensors`` that ``moviola.load_model``
+and ``moviola.load_pipeline`` read like any checkpoint (weights are cast back to the model's
+dtype on load). Training state (optimizer, RNG, counters) is left out: it is 3× the weights
+and only needed to resume.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Union
+
+import torch
+from safetensors.torch import save_file
+
+from moviola.training.checkpoint import load_state, load_weights, resolve_checkpoint
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str = "ema",
+                      dtype: str = "fp16") -> Path:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    ckpt = resolve_checkpoint(src)
+    name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
+    sd = load_weights(ckpt, name)
+    sd = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(ckpt / "config.json", tmp / "config.json")
+    save_file(sd, str(tmp / "model.safetensors"), metadata={"weights": name, "dtype": dtype})
+    state = load_state(ckpt)
+    (tmp / "export.json").write_text(json.dumps({"source": str(ckpt), "weights": name, "dtype": dtype,
+                                                 "step": state.get("step")}, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
