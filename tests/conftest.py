@@ -1,14 +1,24 @@
-"""Shared pytest setup: ``@pytest.mark.slow`` tests run only with ``--runslow``; one torch thread.
+"""Shared pytest setup: ``@pytest.mark.slow`` tests run only with ``--runslow``; one torch thread;
+derandomized hypothesis.
 
 The tests use tiny tensors, where a second thread costs more in synchronization than it
 gains, and on a loaded machine a multi-threaded op waits for a descheduled thread.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run, so CI is reproducible; set
+# HYPOTHESIS_PROFILE=explore to search new examples locally.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
