@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/moviola sample checkpoints/shapes-latte-tiny --label 3 --label 21 --label 34 --label 44 \
+	$(BIN)/moviola sample checkpoints/shapes-latte-tiny --label 3 --label 17 --label 34 --label 44 \
 		--steps 50 --cfg 4 --seed 0 --out demo.gif
-	@echo "open demo.gif: a red square moving down, a green triangle moving right, a blue triangle moving left, a yellow triangle moving up"
+	@echo "demo.gif asks for: a red circle moving down, a green square moving right, a blue triangle moving up, a yellow triangle moving left"
 
 test: setup
 	$(BIN)/python -m pytest

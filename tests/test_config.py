@@ -206,12 +206,12 @@ def test_parse_override_rejects_malformed(bad):
 
 
 def test_overrides_apply_over_the_file_and_keep_types(tmp_path):
-    path = write_yaml(tmp_path / "o.yaml", "train:\n  lr: 0.1\n  steps: 7\nmodel:\n  num_classes: 4\n")
+    path = write_yaml(tmp_path / "o.yaml", "train:\n  lr: 0.1\n  steps: 7\nmodel:\n  num_classes: 48\n")
     cfg = load_config(path, ["train.lr=1e-4", "model.learned_sigma=true", "train.betas=[0.9, 0.99]",
                              "data.frames=8"])
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 7  # untouched keys of the same section survive
-    assert cfg.model.learned_sigma is True and cfg.model.num_classes == 4
+    assert cfg.model.learned_sigma is True and cfg.model.num_classes == 48
     assert cfg.train.betas == (0.9, 0.99) and isinstance(cfg.train.betas, tuple)
     assert cfg.data.frames == 8
 
@@ -258,3 +258,25 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 def test_empty_file_gives_defaults(tmp_path):
     assert load_config(write_yaml(tmp_path / "empty.yaml", "")) == RunConfig()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["sample.steps=1001"], r"sample\.steps=1001 is more than diffusion\.num_timesteps=1000"),
+    (["train.sample_steps=5000"], r"train\.sample_steps=5000"),
+    (["model.num_classes=4"], r"does not fit Moving Shapes, which has 48 classes"),
+    (["model.variant=true"], r"model\.variant: True is not one of"),
+    (["model.variant=1.0"], r"model\.variant: 1\.0 is not one of"),
+])
+def test_settings_that_would_fail_mid_run_are_refused_up_front(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A checkpoint's config must find its VAE and data from any working directory."""
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [8, 8]}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(overrides=["autoencoder.kind=frame_vae", "autoencoder.path=vae", "model.patch_size=1",
+                                 "data.dataset=folder", "data.root=clips"])
+    assert cfg.autoencoder.path == str(tmp_path / "vae") and cfg.data.root == str(tmp_path / "clips")

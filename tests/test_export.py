@@ -44,3 +44,14 @@ def test_export_of_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moviola: error: checkpoint path does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_never_deletes_an_existing_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(load_config(overrides=TINY), run, quiet=True).train()
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("four years")
+    assert main(["export", str(run), str(precious)]) == 2
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    assert (precious / "thesis.txt").read_text() == "four years"

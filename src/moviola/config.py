@@ -157,6 +157,13 @@ class RunConfig:
                             ("sample.steps", self.sample.steps)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive (got {value})")
+        for name, value in (("sample.steps", self.sample.steps), ("train.sample_steps", t.sample_steps)):
+            if value > self.diffusion.num_timesteps:
+                raise ConfigError(f"{name}={value} is more than diffusion.num_timesteps="
+                                  f"{self.diffusion.num_timesteps}: a sampler cannot take more steps than the schedule has")
+        if d.dataset == "shapes" and m.num_classes not in (0, 48):
+            raise ConfigError(f"model.num_classes={m.num_classes} does not fit Moving Shapes, which has 48 classes "
+                              "(use 48, or 0 for an unconditional model)")
         if not 0.0 <= t.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
         if t.lr <= 0:
@@ -302,7 +309,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {_type_name(tp)}")
     if origin is Literal:
         options = typing.get_args(tp)
-        if value not in options:
+        if not any(value == o and type(value) is type(o) for o in options):  # true is not 1, 1.0 is not 1
             close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}: {value!r} is not one of {list(options)}{hint}")
@@ -431,7 +438,18 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(tree, key, value)
-    return from_dict(RunConfig, tree).validate()
+    return absolute_paths(from_dict(RunConfig, tree)).validate()
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Make ``autoencoder.path`` and ``data.root`` absolute (relative to the working directory),
+    so the config saved beside a checkpoint finds them from any directory."""
+    ae, data = cfg.autoencoder, cfg.data
+    if ae.path:
+        ae = dataclasses.replace(ae, path=str(Path(ae.path).expanduser().absolute()))
+    if data.root:
+        data = dataclasses.replace(data, root=str(Path(data.root).expanduser().absolute()))
+    return dataclasses.replace(cfg, autoencoder=ae, data=data)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:

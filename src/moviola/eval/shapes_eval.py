@@ -62,7 +62,12 @@ def evaluate_folder(folder: Union[str, Path]) -> dict:
     for line in listing.read_text().splitlines():
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{listing}: a line that is not JSON: {line[:80]}") from None
+        if not isinstance(row, dict) or "file" not in row:
+            raise ValueError(f"{listing}: a row without \"file\": {line[:80]}")
         if "label" in row:
             target = row["label"]
         elif all(k in row for k in ("colour", "shape", "direction")):

@@ -37,19 +37,24 @@ from moviola.models.latte_blocks import (Conditioned, FactorizedAttentionBlock, 
 from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
 
 
+# The tables are cached across calls; they are built outside inference mode so that a table first
+# made while sampling under torch.inference_mode() can still be saved for backward in training.
 @functools.lru_cache(maxsize=32)
 def _spatial_pos(h: int, w: int, dim: int, base_size: Optional[int] = None, scale: float = 1.0) -> torch.Tensor:
-    return sincos_2d(h, w, dim, base_size, scale)
+    with torch.inference_mode(False):
+        return sincos_2d(h, w, dim, base_size, scale)
 
 
 @functools.lru_cache(maxsize=32)
 def _temporal_pos(t: int, dim: int) -> torch.Tensor:
-    return sincos_temporal(t, dim)
+    with torch.inference_mode(False):
+        return sincos_temporal(t, dim)
 
 
 @functools.lru_cache(maxsize=32)
 def _rope(t: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return rope_1d(t, head_dim)
+    with torch.inference_mode(False):
+        return rope_1d(t, head_dim)
 
 
 class Latte(nn.Module):

@@ -2,8 +2,8 @@
 
 ``pipe(labels=[3, 17], num_frames=16, steps=50, cfg=4, seed=0)`` returns videos
 ``(B, C, T, H, W)`` in [-1, 1]. Video ``i`` of a call starts from the noise of seed
-``seed + i``, so with DDIM (eta 0) a video is a pure function of its seed and its condition,
-whatever the batch it was made in.
+``seed + i`` and draws every later noise (DDPM, DDIM with eta > 0) from its own generator, so a
+video is a pure function of its seed and its condition, whatever the batch it was made in.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from moviola.autoencoders import Autoencoder, build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.config import RunConfig, autoencoder_latent_channels, config_from_json
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
+from moviola.diffusion.schedule import randn
 from moviola.models.registry import build_model
 from moviola.training.checkpoint import CheckpointError, check_state_dict, load_weights, resolve_checkpoint
 from moviola.utils import resolve_device
@@ -43,6 +44,10 @@ class Pipeline:
             return Conditioning(labels=torch.tensor(labels, dtype=torch.long)), ["labels"]
         if "labels" in accepts:
             raise ValueError(f"this model is class-conditional: pass labels (0..{self.model.num_classes - 1})")
+        if "text" in accepts:
+            raise ValueError("this is a text-to-video model, and prompting needs a text encoder, which moviola "
+                             "does not have yet; it can be converted (moviola convert to-diffusers) and sampled "
+                             "with diffusers' LattePipeline meanwhile")
         return Conditioning(), []
 
     @torch.no_grad()
@@ -52,18 +57,22 @@ class Pipeline:
                  eta: Optional[float] = None, seed: int = 0, batch_size: int = 16,
                  progress: bool = False) -> torch.Tensor:
         c = self.config
-        n = len(labels) if labels is not None else (num_videos or 1)
+        n = len(labels) if labels is not None else (1 if num_videos is None else num_videos)
         if n <= 0:
             raise ValueError("nothing to generate: give at least one label or num_videos >= 1")
+        for name, value in (("num_frames", num_frames), ("height", height), ("width", width), ("steps", steps)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         cond_all, guided = self._conditioning(labels, n)
-        frames = num_frames or c.data.frames
-        H, W = height or c.data.size, width or c.data.size
+        frames = c.data.frames if num_frames is None else num_frames
+        H = c.data.size if height is None else height
+        W = c.data.size if width is None else width
         latent = self.autoencoder.latent_shape(frames, H, W)
         scale = c.sample.cfg if cfg is None else cfg
         if not guided:
             scale = 1.0  # nothing to guide on: one plain conditional pass
         sampler = sampler or c.sample.sampler
-        steps = steps or c.sample.steps
+        steps = c.sample.steps if steps is None else steps
         eta = c.sample.eta if eta is None else eta
         learned_sigma = getattr(self.model, "learned_sigma", False)
 
@@ -71,13 +80,15 @@ class Pipeline:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             cond = cond_all.index(idx).to(self.device) if guided else Conditioning()
-            x_T = torch.stack([torch.randn(latent, generator=torch.Generator().manual_seed(seed + i)) for i in idx])
+            # one generator per video: its start noise and every later noise draw (DDPM, DDIM eta > 0)
+            # come from seed + i alone, so a video does not depend on the batch it was made in
+            gens = [torch.Generator().manual_seed(seed + i) for i in idx]
+            x_T = randn((len(idx), *latent), generator=gens)
             uncond = cond.null(guided) if guided and scale != 1.0 else None
             fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma)
-            g = torch.Generator().manual_seed(seed + start)
             z = sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
                        prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
-                       timestep_spacing=c.diffusion.timestep_spacing, generator=g,
+                       timestep_spacing=c.diffusion.timestep_spacing, generator=gens,
                        x_T=x_T.to(self.device), progress=progress)
             videos.append(self.autoencoder.decode(z).clamp(-1, 1).float().cpu())
         return torch.cat(videos)
@@ -102,7 +113,7 @@ def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, 
     sd = load_weights(ckpt, name)
     check_state_dict(model, sd, f"{ckpt}/{name}.safetensors")
     model.load_state_dict(sd)
-    return model.to(device).eval()
+    return model.to(resolve_device(device) if isinstance(device, str) else device).eval()
 
 
 def load_pipeline(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device, None] = None) -> Pipeline:

@@ -29,6 +29,8 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
     sd = load_weights(ckpt, name)
     sd = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty directory: choose a new output directory")
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -38,6 +40,6 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
     (tmp / "export.json").write_text(json.dumps({"source": str(ckpt), "weights": name, "dtype": dtype,
                                                  "step": state.get("step")}, indent=2) + "\n")
     if out.exists():
-        shutil.rmtree(out)
+        out.rmdir()  # empty, checked above
     tmp.rename(out)
     return out

@@ -212,8 +212,10 @@ class Trainer:
         self.quiet = quiet
         self.on_step = on_step
         self.device = resolve_device(cfg.train.device)
-        if cfg.train.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        if cfg.train.precision == "fp16":
+            # fp16 gradients underflow without loss scaling, which the trainer does not do (yet)
+            raise ConfigError("train.precision=fp16 is not supported for training (no loss scaling); "
+                              "use bf16 (CPU and recent GPUs) or fp32")
 
         ckpt_dir = self.run_dir / "checkpoints"
         has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*"))
