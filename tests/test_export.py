@@ -55,3 +55,17 @@ def test_export_never_deletes_an_existing_directory(tmp_path, capsys):
     assert main(["export", str(run), str(precious)]) == 2
     assert "already exists and is not an empty directory" in capsys.readouterr().err
     assert (precious / "thesis.txt").read_text() == "four years"
+
+
+def test_init_from_a_shipped_checkpoint_warm_starts_every_weight(tmp_path):
+    """A later session continues a shipped model: --init-from an exported checkpoint directory."""
+    run = tmp_path / "run"
+    Trainer(load_config(overrides=TINY), run, quiet=True).train()
+    shipped = tmp_path / "shipped"
+    export = main(["export", str(run), str(shipped), "--dtype", "fp32"])
+    assert export == 0
+    warm = Trainer(load_config(overrides=TINY), tmp_path / "warm", quiet=True, init_from=str(shipped))
+    ema = moviola.load_model(run, weights="ema")
+    for (k, a), b in zip(warm.model.state_dict().items(), ema.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert warm.step == 0

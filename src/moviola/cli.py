@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="shorthand for --set train.steps=...")
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     t.add_argument("--quiet", action="store_true")
-    t.add_argument("--init-from", metavar="DIT.pt", help="initialize the frame-wise layers from an image DiT state dict")
+    t.add_argument("--init-from", metavar="PATH", help="an image DiT state dict (.pt): fills the frame-wise layers; or a moviola checkpoint directory: warm start from all its weights")
     t.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")

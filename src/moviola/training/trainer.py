@@ -59,7 +59,7 @@ from moviola.config import ConfigError, RunConfig, save_config, to_dict
 from moviola.data.joint import extra_image_frames
 from moviola.diffusion import NoiseSchedule, make_betas, training_losses
 from moviola.models.registry import build_model
-from moviola.training.checkpoint import (CheckpointWriteError, check_state_dict, list_checkpoints, load_state,
+from moviola.training.checkpoint import (CheckpointError, CheckpointWriteError, check_state_dict, list_checkpoints, load_state,
                                          load_weights, optimizer_from_flat, resolve_checkpoint, save_checkpoint)
 from moviola.training.ema import EMA
 from moviola.utils import autocast, resolve_device
@@ -194,6 +194,27 @@ def _set_rng_states(states: dict) -> None:
         random.setstate((version, tuple(inner), gauss_next))
 
 
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
+    """Warm start from a moviola checkpoint (e.g. a shipped ``checkpoints/*`` export): every weight
+    whose name and shape match is copied; optimizer state and step count start fresh."""
+    ckpt = resolve_checkpoint(path)
+    name = "ema" if (ckpt / "ema.safetensors").is_file() else "model"
+    sd = load_weights(ckpt, name)
+    own = model.state_dict()
+    loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise CheckpointError(f"--init-from {ckpt}: no weight fits this model (different architecture?)")
+    with torch.no_grad():
+        for k, v in loaded.items():
+            own[k].copy_(v.to(own[k].dtype))
+    left = sorted(set(own) - set(loaded))
+    unused = sorted(set(sd) - set(loaded))
+    return [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors",
+            f"init-from: left at initialization: {left[:10]}{'…' if len(left) > 10 else ''}" if left else
+            "init-from: every tensor loaded",
+            *([f"init-from: not used from the file: {unused[:10]}"] if unused else [])]
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
     t = cfg.train
     if t.warmup_steps and step < t.warmup_steps:
@@ -239,7 +260,10 @@ class Trainer:
         self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg.model, self.autoencoder.latent_channels).to(self.device)
-        if init_from:  # an image DiT fills the frame-wise parts (models/convert/dit_init.py)
+        if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
+            for line in init_from_checkpoint(self.model, init_from):
+                self.log(line)
+        elif init_from:  # an image DiT fills the frame-wise parts (models/convert/dit_init.py)
             from moviola.models.convert import init_from_dit
 
             for line in init_from_dit(self.model, init_from):
