@@ -70,7 +70,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -78,6 +77,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step  # noqa: E402
 from train_step import MM_SIZE, MatmulProbe, flop_counter, release_memory, resolve_device, sync  # noqa: E402
 
 # name -> the LatteTransformer3DModel's dims, the latents (C, T, H, W), batch and text (tokens, width).
@@ -416,16 +416,7 @@ def format_top(rows: list[dict]) -> str:
 
 
 def run_worker_subprocess(name: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--precision", *args.precision,
-           "--steps", str(args.steps), "--device", args.device, "--threads", *map(str, args.threads)]
-    if args.breakdown:
-        cmd.append("--breakdown")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"the worker for {name} failed with exit code {proc.returncode}")
-    line = next(l for l in reversed(proc.stdout.splitlines()) if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return train_step.run_worker_subprocess(name, args, script=__file__)
 
 
 def main(argv=None) -> None:

@@ -364,10 +364,10 @@ def format_split(rows: list[dict], markdown: bool) -> str:
     return "\n".join("  ".join(f"{x:>12}" for x in c) for c in cells)
 
 
-def run_worker_subprocess(name: str, args) -> list[dict]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--precision", *args.precision,
-           "--steps", str(args.steps), "--device", args.device, "--threads", *map(str, args.threads),
-           "--sdpa", args.sdpa]
+def run_worker_subprocess(name: str, args, script: str = __file__, extra: tuple[str, ...] = ()):
+    """Run ``script --worker name`` in a fresh process (so peak memory is its own) and parse its RESULT line."""
+    cmd = [sys.executable, os.path.abspath(script), "--worker", name, "--precision", *args.precision,
+           "--steps", str(args.steps), "--device", args.device, "--threads", *map(str, args.threads), *extra]
     if args.breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -430,7 +430,7 @@ def main(argv=None) -> None:
     peaks_start = {prec: MatmulProbe(device, prec)(seconds=1.0) for prec in args.precision}
     rows = []
     for name in args.sizes:
-        for r in run_worker_subprocess(name, args):
+        for r in run_worker_subprocess(name, args, extra=("--sdpa", args.sdpa)):
             rows.append(r)
             print(f"  {name:6s} {r['precision']} threads={r['threads']}: {r['step_s'] * 1e3:8.0f} ms/step, "
                   f"{100 * r['frac_of_peak']:5.1f} % "
