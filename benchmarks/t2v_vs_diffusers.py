@@ -471,7 +471,7 @@ def main(argv=None) -> None:
     for r in {r["config"]: r for r in rows}.values():
         print(f"{bullet}{r['config']}: max |moviola - diffusers| = {r['parity_max_abs_diff']:.2e} "
               f"(max |output| {r['parity_max_abs_out']:.2f}) < {PARITY_TOL:g}")
-    print(f"\nmodel FLOPs per step (FlopCounterMode, forward + backward; the % of peak uses moviola's):")
+    print("\nmodel FLOPs per step (FlopCounterMode, forward + backward; the % of peak uses moviola's):")
     print("\n".join(("  " + line if line.startswith("  ") else bullet + line) for line in flop_lines(rows)))
     print(f"\ntheirs/ours > 1: moviola is faster. % of peak: moviola's FLOPs / step time / "
           f"{MM_SIZE.get(device.type, 2048)}² torch.mm FLOP/s in the same precision, probed before each step.\n")

@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from moviola import Conditioning
 from moviola.config import ModelConfig
 from moviola.models.latte import Latte
-from moviola.models.registry import LATTE_SIZES, build_model, resolve_model_dims
+from moviola.models.registry import build_model, resolve_model_dims
 from moviola.nn import Attention, sincos_2d, timestep_embedding
 from moviola.nn.embeddings import sincos_1d, sincos_temporal
 

@@ -3,7 +3,6 @@ resumes bit-identically, and its checkpoint samples videos through the public AP
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import av

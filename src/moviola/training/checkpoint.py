@@ -27,9 +27,9 @@ import pickle
 import re
 import shutil
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -362,3 +362,28 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not obj:
         raise CheckpointError(f"{path} holds no tensors")
     return {k: v.contiguous() for k, v in obj.items()}
+
+
+def write_new_directory(out_dir: Union[str, Path], write: Callable[[Path], None]) -> Path:
+    """Create ``out_dir`` whole or not at all: ``write(tmp)`` fills a temporary sibling, which is
+    flushed and renamed. ``out_dir`` must not exist or be an empty directory: nothing is overwritten.
+    (Exports and conversions use this; training checkpoints use ``save_checkpoint``.)"""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"{out_dir} already exists and is not an empty directory: choose a new output directory")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -15,7 +15,7 @@ from typing import Union
 import torch
 from safetensors.torch import save_file
 
-from moviola.training.checkpoint import load_state, load_weights, resolve_checkpoint
+from moviola.training.checkpoint import load_state, load_weights, resolve_checkpoint, write_new_directory
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -28,18 +28,11 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
     name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
     sd = load_weights(ckpt, name)
     sd = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not an empty directory: choose a new output directory")
-    tmp = out.with_name(out.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy(ckpt / "config.json", tmp / "config.json")
-    save_file(sd, str(tmp / "model.safetensors"), metadata={"weights": name, "dtype": dtype})
-    state = load_state(ckpt)
-    (tmp / "export.json").write_text(json.dumps({"source": str(ckpt), "weights": name, "dtype": dtype,
-                                                 "step": state.get("step")}, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    tmp.rename(out)
-    return out
+
+    def write(tmp: Path) -> None:
+        shutil.copy(ckpt / "config.json", tmp / "config.json")
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"weights": name, "dtype": dtype})
+        (tmp / "export.json").write_text(json.dumps({"source": str(ckpt), "weights": name, "dtype": dtype,
+                                                     "step": load_state(ckpt).get("step")}, indent=2) + "\n")
+
+    return write_new_directory(out, write)

@@ -1,8 +1,6 @@
 """What every converter shares: writing a moviola checkpoint directory, and naming sizes."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Union
 
@@ -11,7 +9,7 @@ from safetensors.torch import save_file
 
 from moviola.config import RunConfig, autoencoder_latent_channels, save_config
 from moviola.models.registry import LATTE_SIZES, build_model
-from moviola.training.checkpoint import CheckpointError, check_state_dict
+from moviola.training.checkpoint import check_state_dict, write_new_directory
 
 
 def named_size(hidden_size: int, num_heads: Optional[int] = None) -> Optional[str]:
@@ -34,21 +32,11 @@ def write_checkpoint_dir(out_dir: Union[str, Path], cfg: RunConfig, sd: dict[str
     The weights are checked against the model the config builds before anything is written;
     the directory appears complete or not at all (written under a temporary name, then renamed).
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CheckpointError(f"{out_dir} exists and is not an empty directory; choose a new output directory")
     check_state_dict(model_on_meta(cfg, autoencoder_latent_channels(cfg.autoencoder)), sd, "the converted weights")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> None:
         save_config(cfg, tmp / "config.json")
         tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_new_directory(out_dir, write)

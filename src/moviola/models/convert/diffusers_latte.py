@@ -20,7 +20,7 @@ from moviola.config import AutoencoderConfig, RunConfig, autoencoder_spatial_fac
 from moviola.models.convert.common import named_size, write_checkpoint_dir
 from moviola.models.registry import resolve_model_dims
 from moviola.pipelines.generate import load_model
-from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint
+from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint, write_new_directory
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # the diffusers config values moviola's blocks implement (anything else is a different model)
@@ -190,10 +190,9 @@ def export_diffusers(ckpt: Union[str, Path], out_dir: Union[str, Path], weights:
     left = set(model.state_dict()) - {k for k, _ in name_table(config["num_layers"])}
     if left:
         raise CheckpointError(f"no diffusers name for {sorted(left)[:8]}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CheckpointError(f"{out_dir} exists and is not an empty directory; choose a new output directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out_dir / WEIGHTS))
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
+
+    def write(tmp: Path) -> None:
+        save_file(sd, str(tmp / WEIGHTS))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    return write_new_directory(out_dir, write)
