@@ -67,7 +67,7 @@ class AutoencoderConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["shapes", "folder"] = "shapes"
+    dataset: Literal["shapes", "folder", "images"] = "shapes"  # folder: videos; images: one-frame videos
     root: Optional[str] = None  # folder datasets
     size: int = 32
     frames: int = 16
@@ -147,8 +147,11 @@ class RunConfig:
             raise ConfigError(
                 f"data.size={d.size} is not divisible by model.patch_size × autoencoder factor "
                 f"= {m.patch_size}×{factor}; pick a size that is a multiple of {m.patch_size * factor}")
-        if d.dataset == "folder" and not d.root:
-            raise ConfigError("data.dataset=folder needs data.root (a folder of videos)")
+        if d.dataset in ("folder", "images") and not d.root:
+            raise ConfigError(f"data.dataset={d.dataset} needs data.root (a folder of "
+                              f"{'videos' if d.dataset == 'folder' else 'images'})")
+        if d.dataset == "images" and d.frames != 1:
+            raise ConfigError(f"data.dataset=images gives one-frame videos: set data.frames=1 (got {d.frames})")
         resolve_model_dims(m)  # raises on an unknown size or heads not dividing width
         for name, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
                             ("train.checkpoint_every", t.checkpoint_every),

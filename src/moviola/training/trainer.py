@@ -85,6 +85,10 @@ def build_dataset(cfg: RunConfig, split: str = "train"):
         from moviola.data.shapes import MovingShapes
 
         return MovingShapes(split=split, count=d.count, size=d.size, frames=d.frames, seed=d.seed, bounce=d.bounce)
+    if d.dataset == "images":  # image diffusion: one-frame videos (data.frames must be 1)
+        from moviola.data.folders import ImageFolder
+
+        return ImageFolder(d.root, size=d.size)
     from moviola.data.folders import VideoFolder
 
     return VideoFolder(d.root, frames=d.frames, stride=d.frame_stride, size=d.size)
