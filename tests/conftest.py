@@ -6,6 +6,7 @@ gains, and on a loaded machine a multi-threaded op waits for a descheduled threa
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -36,3 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture()
+def vae_dir(tmp_path):
+    """A stand-in SD VAE directory: only its config.json (8× down, 4 latent channels), no weights."""
+    d = tmp_path / "vae"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8],
+                                               "latent_channels": 4}))
+    return d

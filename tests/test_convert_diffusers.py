@@ -25,13 +25,6 @@ BASE = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_chan
 TOL = 1e-4
 
 
-@pytest.fixture()
-def vae_dir(tmp_path):
-    d = tmp_path / "vae"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8],
-                                               "latent_channels": 4}))
-    return d
 
 
 def random_diffusers(seed: int = 0, **overrides) -> LatteTransformer3DModel:

@@ -117,13 +117,6 @@ def official_forward(sd, x, t, y, heads: int, p: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ fixtures
 
-@pytest.fixture()
-def vae_dir(tmp_path):
-    d = tmp_path / "vae"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8],
-                                               "latent_channels": 4}))
-    return d
 
 
 TINY = dict(D=32, depth=4, p=2, latent=8, frames=4)

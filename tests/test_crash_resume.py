@@ -36,7 +36,8 @@ data: {{size: 32, frames: 4, count: 8}}
 train: {{steps: {steps}, batch_size: 2, lr: 1e-3, log_every: 3, checkpoint_every: 1, keep_last: 2,
         device: cpu, precision: fp32, warmup_steps: 5, lr_schedule: cosine}}
 """
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "STEP_SLEEP": "0.05"}
 LOSS_KEYS = ("step", "loss", "grad_norm", "lr", "mse", "bad_steps_total")
 
 # Runs the CLI with safetensors' writer replaced by one that, on the Nth file, writes half of it and
@@ -54,6 +55,22 @@ def save_file(tensors, filename, *a, **k):
         Path(filename).write_bytes(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
 ck.save_file = save_file
+from moviola.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Runs the CLI with every training step taking at least STEP_SLEEP seconds more. The tiny model
+# trains at ~50 steps/s on an idle machine, fast enough to finish before a signal can land; the
+# pause paces the run without touching its math (the results stay bit-identical).
+PACED = """\
+import os, sys, time
+import moviola.training.trainer as tr
+real = tr.Trainer.train_step
+def train_step(self, *args, **kwargs):
+    time.sleep(float(os.environ.get("STEP_SLEEP", "0")))
+    return real(self, *args, **kwargs)
+tr.Trainer.train_step = train_step
 from moviola.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -90,7 +107,7 @@ def loss_log(run: Path) -> list[tuple]:
 def start(run: Path, cfg: Path, *extra: str, wrapper: bool = False, env: dict | None = None) -> subprocess.Popen:
     resume = bool(list_checkpoints(run / "checkpoints"))  # killed before its first checkpoint: start over
     args = ["train", "--run-dir", str(run), "--quiet", *(["--resume"] if resume else [str(cfg)]), *extra]
-    head = [sys.executable, "-c", DIE_MID_WRITE] if wrapper else [sys.executable, "-m", "moviola"]
+    head = [sys.executable, "-c", DIE_MID_WRITE if wrapper else PACED]
     return subprocess.Popen(head + args, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # its own process group, as in a terminal
 
