@@ -18,7 +18,8 @@ from moviola.config import RunConfig, autoencoder_latent_channels, config_from_j
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.schedule import randn
 from moviola.models.registry import build_model
-from moviola.training.checkpoint import CheckpointError, check_state_dict, load_weights, resolve_checkpoint
+from moviola.training.checkpoint import (CheckpointError, check_state_dict, load_weights, resolve_checkpoint,
+                                         weights_name)
 from moviola.utils import resolve_device
 
 
@@ -109,7 +110,7 @@ def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, 
     if latent_channels is None:  # from the VAE's config.json: no VAE weights are loaded for the denoiser
         latent_channels = autoencoder_latent_channels(cfg.autoencoder)
     model = build_model(cfg.model, latent_channels)
-    name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
+    name = weights_name(ckpt, weights)
     sd = load_weights(ckpt, name)
     check_state_dict(model, sd, f"{ckpt}/{name}.safetensors")
     model.load_state_dict(sd)

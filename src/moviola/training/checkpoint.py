@@ -265,6 +265,12 @@ def load_weights(path: Path, name: str = "model") -> dict[str, torch.Tensor]:
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+def weights_name(path: Path, preferred: str = "ema") -> str:
+    """Which weights file of a checkpoint to read: ``preferred`` (ema or model) when present, else
+    ``model`` (a shipped export holds one set of weights, stored as model.safetensors)."""
+    return preferred if (Path(path) / f"{preferred}.safetensors").is_file() else "model"
+
+
 def load_state(path: Path) -> dict:
     f = Path(path) / "state.json"
     if not f.is_file():

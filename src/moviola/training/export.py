@@ -15,7 +15,8 @@ from typing import Union
 import torch
 from safetensors.torch import save_file
 
-from moviola.training.checkpoint import load_state, load_weights, resolve_checkpoint, write_new_directory
+from moviola.training.checkpoint import (load_state, load_weights, resolve_checkpoint, weights_name,
+                                         write_new_directory)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -25,7 +26,7 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     ckpt = resolve_checkpoint(src)
-    name = weights if (ckpt / f"{weights}.safetensors").is_file() else "model"
+    name = weights_name(ckpt, weights)
     sd = load_weights(ckpt, name)
     sd = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 

@@ -60,7 +60,8 @@ from moviola.data.joint import extra_image_frames
 from moviola.diffusion import NoiseSchedule, make_betas, training_losses
 from moviola.models.registry import build_model
 from moviola.training.checkpoint import (CheckpointError, CheckpointWriteError, check_state_dict, list_checkpoints, load_state,
-                                         load_weights, optimizer_from_flat, resolve_checkpoint, save_checkpoint)
+                                         load_weights, optimizer_from_flat, resolve_checkpoint, save_checkpoint,
+                                         weights_name)
 from moviola.training.ema import EMA
 from moviola.utils import autocast, resolve_device
 
@@ -202,7 +203,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     """Warm start from a moviola checkpoint (e.g. a shipped ``checkpoints/*`` export): every weight
     whose name and shape match is copied; optimizer state and step count start fresh."""
     ckpt = resolve_checkpoint(path)
-    name = "ema" if (ckpt / "ema.safetensors").is_file() else "model"
+    name = weights_name(ckpt, "ema")
     sd = load_weights(ckpt, name)
     own = model.state_dict()
     loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
