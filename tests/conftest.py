@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import pytest
 import torch
 from hypothesis import settings
 
 torch.set_num_threads(1)
+
+# text embeddings cached by tests go to a throwaway directory, never the user's ~/.cache
+os.environ["MOVIOLA_CACHE"] = tempfile.mkdtemp(prefix="moviola-test-cache-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried the network would fail, not hang
 
 # Property tests draw the same examples on every run, so CI is reproducible; set
 # HYPOTHESIS_PROFILE=explore to search new examples locally.
@@ -46,4 +51,21 @@ def vae_dir(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8],
                                                "latent_channels": 4}))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny BERT text encoder (random weights, 24-wide) with a word-level vocabulary, saved locally."""
+    import transformers
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "green", "blue", "circle", "square",
+             "triangle", "moving", "left", "right", "up", "down", "the"]
+    (d / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(d / "vocab.txt")).save_pretrained(str(d))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=48, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(str(d))
     return d

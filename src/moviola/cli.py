@@ -85,13 +85,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):
         raise ValueError(f"--out {args.out}: the suffix must be .mp4, .gif or .png")
+    prompts = _read_prompts(args)
+    if args.label and prompts is not None:
+        raise ValueError("give --label or --prompt/--prompts-file, not both")
+    if args.negative_prompt is not None and prompts is None:
+        raise ValueError("--negative-prompt needs --prompt or --prompts-file")
     pipe = moviola.load_pipeline(args.checkpoint, weights=args.weights, device=args.device)
     labels = None
     if args.label:
         labels = [y for y in args.label for _ in range(args.num_videos)]
-    elif "labels" in getattr(pipe.model, "accepts", ()):
+    elif "labels" in pipe.accepts:
         labels = [i % pipe.model.num_classes for i in range(args.num_videos)]
-    video = pipe(labels=labels, num_videos=args.num_videos, num_frames=args.frames, height=args.size,
+    if prompts is not None:
+        prompts = [p for p in prompts for _ in range(args.num_videos)]
+    elif "text" in pipe.accepts:
+        raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    video = pipe(labels=labels, prompt=prompts, negative_prompt=args.negative_prompt, image=args.image,
+                 num_videos=args.num_videos, num_frames=args.frames, height=args.size,
                  width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
                  seed=args.seed, progress=not args.quiet)
     fps = args.fps
@@ -106,6 +116,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 if labels is not None:
                     row["label"] = labels[i]
                     row.update(_label_caption(pipe, labels[i]))
+                if prompts is not None:
+                    row["prompt"] = prompts[i]
+                    row.update(_prompt_attributes(prompts[i]))
+                if args.image:
+                    row["image"] = str(args.image)
                 f.write(json.dumps(row) + "\n")
         print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
     if args.out:
@@ -126,6 +141,34 @@ def _label_caption(pipe, label: int) -> dict:
         return {"caption": caption(colour, shape, direction), "colour": colour, "shape": shape,
                 "direction": direction}
     return {}
+
+
+def _read_prompts(args: argparse.Namespace) -> Optional[list[str]]:
+    """--prompt (repeatable) and --prompts-file (one prompt per line; blank lines skipped), in that order."""
+    if args.prompt is None and args.prompts_file is None:
+        return None
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {path}: no such file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompts-file {path}: not UTF-8 text (one prompt per line)") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts given: --prompts-file is empty (one prompt per line)"
+                         if args.prompts_file is not None else "no prompts given")
+    return prompts
+
+
+def _prompt_attributes(prompt: str) -> dict:
+    """colour/shape/direction when the prompt is a Moving Shapes caption (so eval shapes can score it)."""
+    from moviola.data.shapes import parse_caption
+
+    parsed = parse_caption(prompt)
+    return {} if parsed is None else dict(zip(("colour", "shape", "direction"), parsed))
 
 
 def _cmd_data_shapes(args: argparse.Namespace) -> int:
@@ -149,7 +192,8 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
             raise ValueError("--per-class must be at least 1")
         _check_numbers(args)
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
-                                     sampler=args.sampler, seed=args.seed, device=args.device)
+                                     sampler=args.sampler, seed=args.seed, device=args.device,
+                                     image_to_video=args.image_to_video)
     else:
         result = evaluate_folder(args.videos)
     rows = result.pop("rows")
@@ -216,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     s.add_argument("--label", type=int, action="append", help="class label (repeatable)")
-    s.add_argument("--num-videos", type=int, default=1, help="videos per label (or in all, without labels)")
+    s.add_argument("--prompt", action="append", help="text prompt (repeatable; a text-to-video model)")
+    s.add_argument("--prompts-file", help="a text file with one prompt per line")
+    s.add_argument("--negative-prompt", help="what guidance steers away from (default: the empty prompt)")
+    s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
+                                   "image-to-video; resized to cover the frame size, centre-cropped")
+    s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
     s.add_argument("--sampler", choices=["ddim", "ddpm"])
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
@@ -277,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate generated videos")
     esub = e.add_subparsers(dest="metric", required=True)
     es = esub.add_parser("shapes", help="Moving Shapes colour/shape/direction accuracy, per split")
-    es.add_argument("--checkpoint", help="a class-conditional Moving Shapes checkpoint: sample every class and score")
+    es.add_argument("--checkpoint", help="a class- or text-conditional Moving Shapes checkpoint: sample every "
+                                         "class (from its label or its caption) and score")
+    es.add_argument("--image-to-video", action="store_true", help="also give each video the first frame of a "
+                                                                     "test clip of its class; adds frame-0 PSNR")
     es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
     es.add_argument("--per-class", type=int, default=1)
     es.add_argument("--steps", type=int, default=50)
@@ -291,7 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the CLI read like its errors: one line, no source location."""
+    print(f"moviola: warning: {_one_line(str(message))}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -54,6 +54,13 @@ class ModelConfig:
     # null and 1.0 give integer positions (DiT, Latte); imported Latte-1 models set them.
     pos_base_size: Optional[int] = None
     pos_interpolation_scale: float = 1.0
+    # also add the mask-mean of the text tokens to the timestep embedding (a global, adaLN-path
+    # text condition beside the cross-attention, as Imagen and SD3 add a pooled embedding)
+    text_pooled: bool = False
+    # context frames (DESIGN.md): the input gets (m ∘ z, m) beside x_t, so frames given as conditions
+    # steer the rest: image-to-video (the first frame), prediction (a prefix), interpolation (the ends)
+    context_frames: bool = False
+    context_dropout_prob: float = 0.1  # probability of training with no context given (for guidance)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,18 @@ class AutoencoderConfig:
     scaling_factor: Optional[float] = None  # None = the VAE's own config value
     shift_factor: Optional[float] = None
     chunk_frames: int = 16  # frames encoded/decoded per call
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text encoder of a text-conditioned model (``model.caption_channels`` set)."""
+
+    encoder: str = "all-minilm-l6-v2"  # the packaged default, or a local transformers directory (T5, CLIP, ...)
+    max_length: int = 32  # tokens; longer prompts are truncated with a warning
+    layer: Literal["last", "penultimate"] = "last"  # which hidden states are the token embeddings
+    dropout_prob: float = 0.1  # caption dropout: train with the empty prompt, the null condition of guidance
+    cache: bool = True  # keep embeddings of every prompt on disk, keyed by encoder content and prompt
+    cache_dir: Optional[str] = None  # default $MOVIOLA_CACHE or ~/.cache/moviola
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,10 @@ class TrainConfig:
     device: str = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     max_failed_saves: int = 3  # consecutive failed checkpoint writes (disk full) before the run stops
+    # which frames a context-frame model (model.context_frames) is given in training: the first
+    # (image-to-video), a random prefix of 1..T/2 frames (prediction), the first and last
+    # (interpolation), or any of the three per example
+    context_mode: Literal["first", "prefix", "ends", "any"] = "first"
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -171,8 +195,15 @@ class RunConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be positive (got {t.lr})")
-        if not 0.0 <= m.class_dropout_prob < 1.0:
-            raise ConfigError(f"model.class_dropout_prob must be in [0, 1) (got {m.class_dropout_prob})")
+        for name, value in (("model.class_dropout_prob", m.class_dropout_prob),
+                            ("model.context_dropout_prob", m.context_dropout_prob),
+                            ("text.dropout_prob", self.text.dropout_prob)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1) (got {value})")
+        if m.text_pooled and not m.caption_channels:
+            raise ConfigError("model.text_pooled needs a text model: set model.caption_channels (the encoder's width)")
+        if self.text.max_length < 2:
+            raise ConfigError(f"text.max_length must be at least 2 (got {self.text.max_length})")
         self._validate_latte_switches()
         return self
 
@@ -445,14 +476,19 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Make ``autoencoder.path`` and ``data.root`` absolute (relative to the working directory),
+    """Make ``autoencoder.path``, ``data.root`` and a text encoder's directory absolute (relative to the working directory),
     so the config saved beside a checkpoint finds them from any directory."""
     ae, data = cfg.autoencoder, cfg.data
     if ae.path:
         ae = dataclasses.replace(ae, path=str(Path(ae.path).expanduser().absolute()))
     if data.root:
         data = dataclasses.replace(data, root=str(Path(data.root).expanduser().absolute()))
-    return dataclasses.replace(cfg, autoencoder=ae, data=data)
+    text = cfg.text
+    if Path(text.encoder).expanduser().exists():  # a directory, not a packaged encoder's name
+        text = dataclasses.replace(text, encoder=str(Path(text.encoder).expanduser().absolute()))
+    if text.cache_dir:
+        text = dataclasses.replace(text, cache_dir=str(Path(text.cache_dir).expanduser().absolute()))
+    return dataclasses.replace(cfg, autoencoder=ae, data=data, text=text)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:

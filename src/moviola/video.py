@@ -294,6 +294,33 @@ def read_video(
     return np.stack(frames)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)``; a video file gives its first frame (image-to-video).
+
+    A missing file is a FileNotFoundError, an unreadable one a ValueError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {str(path)!r}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:  # not an image by name: try it as a video
+        try:
+            return read_video(path, max_frames=1)[0]
+        except VideoDecodeError:
+            pass  # maybe an image without a usual suffix: Pillow decides below
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert("RGB"))  # a writable copy
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as an image or a video's first frame "
+                         f"({type(err).__name__}: {err})") from err
+
+
 def probe_video(path: Union[str, Path]) -> dict:
     """Read a container header only: ``{"frames": int | None, "height", "width", "fps"}``.
 

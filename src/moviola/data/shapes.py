@@ -72,6 +72,7 @@ __all__ = [
     "combos",
     "label_to_attributes",
     "max_frames_without_bounce",
+    "parse_caption",
     "radius",
     "render_clip",
     "sample_clip",
@@ -113,6 +114,17 @@ def caption(colour: str, shape: str, direction: str) -> str:
     """The prompt a clip is captioned with: ``a red circle moving right``."""
     _check_attributes(colour, shape, direction)
     return f"a {colour} {shape} moving {direction}"
+
+
+def parse_caption(text: str) -> Optional[tuple[str, str, str]]:
+    """``(colour, shape, direction)`` of a caption :func:`caption` writes (case and spaces free), else None."""
+    words = text.lower().split()
+    if len(words) != 5 or words[0] != "a" or words[3] != "moving":
+        return None
+    colour, shape, direction = words[1], words[2], words[4]
+    if colour in COLOURS and shape in SHAPES and direction in DIRECTIONS:
+        return colour, shape, direction
+    return None
 
 
 def combos(split: str) -> list[tuple[str, str, str]]:

@@ -1,7 +1,7 @@
-"""Moving Shapes evaluation of a class-conditional checkpoint or of a folder of videos.
+"""Moving Shapes evaluation of a class- or text-conditional checkpoint or of a folder of videos.
 
 ``evaluate_checkpoint`` samples ``per_class`` videos of every class (seed ``seed + i`` for
-video i) and scores them; ``evaluate_folder`` scores files listed in a ``manifest.jsonl``
+video i; from labels or from captions) and scores them, optionally as image-to-video; ``evaluate_folder`` scores files listed in a ``manifest.jsonl``
 (from ``moviola sample --out-dir``) or ``captions.jsonl`` (from ``moviola data shapes``).
 Both report the seen combinations and the compositional hold-out separately.
 """
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Optional, Union
 
-from moviola.data.shapes import HOLDOUT, NUM_CLASSES, label_to_attributes
+from moviola.data.shapes import HOLDOUT, NUM_CLASSES, MovingShapes, caption, label_to_attributes
 from moviola.eval.shapes_score import score_batch
 
 
@@ -36,19 +37,58 @@ def summarize(videos, targets: list) -> dict:
 
 
 def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int = 50, cfg: Optional[float] = None,
-                        sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16) -> dict:
+                        sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16,
+                        image_to_video: bool = False) -> dict:
+    """Sample ``per_class`` videos of every class combination and score them (seed ``seed + i`` for video i).
+
+    A class-conditional model gets the class labels, a text model the captions (``a red circle
+    moving right``). ``image_to_video``: each video is also given the first frame of a test-split
+    clip of its class (clip ``label + 48·j`` for its j-th video), and the result adds
+    ``image_to_video``: how often colour and shape are kept, and the PSNR of the output's frame 0
+    against the given frame (on [0, 1]; identical frames count as 100 dB).
+    """
     import moviola
 
     pipe = moviola.load_pipeline(path, device=device)
-    if getattr(pipe.model, "num_classes", 0) != NUM_CLASSES:
-        raise ValueError(f"{path} is not a {NUM_CLASSES}-class Moving Shapes model "
-                         f"(it has {getattr(pipe.model, 'num_classes', 0)} classes)")
     labels = [y for y in range(NUM_CLASSES) for _ in range(per_class)]
-    video = pipe(labels=labels, steps=steps, cfg=cfg, sampler=sampler, seed=seed, batch_size=batch_size)
+    kwargs: dict = {}
+    if "text" in pipe.accepts:
+        kwargs["prompt"] = [caption(*label_to_attributes(y)) for y in labels]
+    elif getattr(pipe.model, "num_classes", 0) == NUM_CLASSES:
+        kwargs["labels"] = labels
+    else:
+        raise ValueError(f"{path} is neither a {NUM_CLASSES}-class Moving Shapes model nor a text model "
+                         f"(it has {getattr(pipe.model, 'num_classes', 0)} classes and takes no text)")
+    given = None
+    if image_to_video:
+        if "context" not in pipe.accepts:
+            raise ValueError(f"{path} was trained without context frames: it cannot take a first frame")
+        d = pipe.config.data
+        test = MovingShapes(split="test", count=NUM_CLASSES * per_class, size=d.size, frames=d.frames,
+                            seed=d.seed, bounce=d.bounce, cache=False)
+        given = [test[y + NUM_CLASSES * j]["video"][:, 0] for y in range(NUM_CLASSES) for j in range(per_class)]
+        kwargs["image"] = given
+    video = pipe(**kwargs, steps=steps, cfg=cfg, sampler=sampler, seed=seed, batch_size=batch_size)
     result = summarize(list(video), labels)
-    result["settings"] = {"checkpoint": str(path), "per_class": per_class, "steps": steps,
+    if given is not None:
+        result["image_to_video"] = _image_to_video_scores(video, given, result["rows"])
+    result["settings"] = {"checkpoint": str(path), "conditioning": "text" if "prompt" in kwargs else "labels",
+                          "image_to_video": image_to_video, "per_class": per_class, "steps": steps,
                           "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed}
     return result
+
+
+def psnr(a, b) -> float:
+    """PSNR in dB of two images in [-1, 1], measured on [0, 1]; identical images give 100."""
+    mse = float((((a.float() - b.float()) / 2) ** 2).mean())
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+def _image_to_video_scores(video, given: list, rows: list[dict]) -> dict:
+    values = [psnr(v[:, 0], g) for v, g in zip(video, given)]
+    kept = [bool(r["colour_ok"] and r["shape_ok"]) for r in rows]
+    return {"n": len(values), "colour_and_shape_kept": sum(kept) / len(kept),
+            "first_frame_psnr_mean": sum(values) / len(values), "first_frame_psnr_min": min(values)}
 
 
 def evaluate_folder(folder: Union[str, Path]) -> dict:

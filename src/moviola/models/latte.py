@@ -73,7 +73,7 @@ class Latte(nn.Module):
                  learned_sigma: bool = False, qk_norm: bool = False, patch_embed: str = "frame",
                  tubelet_size: int = 1, injection: str = "adaln", temporal_pos: str = "abs",
                  caption_channels: Optional[int] = None, pos_base_size: Optional[int] = None,
-                 pos_interpolation_scale: float = 1.0):
+                 pos_interpolation_scale: float = 1.0, text_pooled: bool = False, context_frames: bool = False):
         super().__init__()
         for name, value, options in (("patch_embed", patch_embed, ("frame", "tubelet")),
                                      ("injection", injection, ("adaln", "adaln_single", "tokens")),
@@ -97,19 +97,26 @@ class Latte(nn.Module):
         self.injection, self.temporal_pos = injection, temporal_pos
         self.caption_channels = caption_channels
         self.pos_base_size, self.pos_interpolation_scale = pos_base_size, pos_interpolation_scale
+        if text_pooled and not caption_channels:
+            raise ValueError("text_pooled needs caption_channels (a text model)")
+        self.text_pooled, self.context_frames = text_pooled, context_frames
         self.accepts = frozenset(({"labels"} if num_classes else set())
-                                 | ({"text", "text_mask"} if caption_channels else set()))
+                                 | ({"text", "text_mask"} if caption_channels else set())
+                                 | ({"context", "context_mask"} if context_frames else set()))
 
+        # context frames enter as extra input channels: x_t, m ∘ z and m (C + C + 1)
+        embed_in = 2 * in_channels + 1 if context_frames else in_channels
         if patch_embed == "frame":
-            self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+            self.x_embedder = PatchEmbed(embed_in, hidden_size, patch_size)
         else:
-            self.x_embedder = TubeletEmbed(in_channels, hidden_size, patch_size, tubelet_size)
+            self.x_embedder = TubeletEmbed(embed_in, hidden_size, patch_size, tubelet_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes else None
         if injection == "adaln_single":  # PixArt's t_block: one projection shared by every block
             self.adaln_single = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.block_chunks * hidden_size))
         self.caption_projection = (Mlp(caption_channels, hidden_size, out_dim=hidden_size)
                                    if caption_channels else None)
+        self.text_pooler = Mlp(caption_channels, hidden_size, out_dim=hidden_size) if text_pooled else None
         self.build_blocks(depth, dict(dim=hidden_size, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                       qk_norm=qk_norm, injection=injection))
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * tubelet_size * self.out_channels,
@@ -189,6 +196,10 @@ class Latte(nn.Module):
         if self.caption_projection is not None:
             nn.init.normal_(self.caption_projection.fc1.weight, std=0.02)
             nn.init.normal_(self.caption_projection.fc2.weight, std=0.02)
+        if self.text_pooler is not None:  # starts with no influence, like the cross-attention
+            nn.init.normal_(self.text_pooler.fc1.weight, std=0.02)
+            nn.init.zeros_(self.text_pooler.fc2.weight)
+            nn.init.zeros_(self.text_pooler.fc2.bias)
         for m in self.modules():
             if isinstance(m, CrossAttention):  # text starts with no influence
                 nn.init.zeros_(m.proj.weight)
@@ -241,6 +252,35 @@ class Latte(nn.Module):
             raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
         return self.caption_projection(text), mask
 
+    def pooled_text(self, cond: Optional[Conditioning]) -> Optional[torch.Tensor]:
+        """``text_pooled``: the projected mask-mean of the text tokens (B, 1, D), or None."""
+        if self.text_pooler is None or cond is None or cond.text is None:
+            return None
+        text = cond.text
+        mask = (torch.ones(text.shape[:2], device=text.device) if cond.text_mask is None
+                else cond.text_mask.to(text.dtype))  # (B, L)
+        mean = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, D_text)
+        return self.text_pooler(mean)[:, None]  # (B, 1, D)
+
+    def with_context(self, x: torch.Tensor, cond: Optional[Conditioning]) -> torch.Tensor:
+        """``context_frames``: x_t (B, C, T, H, W) -> (x_t, m ∘ z, m) (B, 2C+1, T, H, W); no context = zeros."""
+        if not self.context_frames:
+            return x
+        B, C, T, H, W = x.shape
+        z = None if cond is None else cond.context
+        if z is None:
+            return torch.cat([x, x.new_zeros(B, C + 1, T, H, W)], dim=1)
+        if z.shape != x.shape:
+            raise ValueError(f"context must have the latent's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+        m = cond.context_mask
+        if m is None:
+            raise ValueError("context needs context_mask (B, 1, T, 1, 1) or (B, 1, T, H, W): 1 where a frame is given")
+        if m.dim() != 5 or m.shape[0] != B or m.shape[1] != 1 or m.shape[2] != T or m.shape[3:] not in ((1, 1), (H, W)):
+            raise ValueError(f"context_mask must have shape (B, 1, T, 1, 1) or (B, 1, T, H, W) = ({B}, 1, {T}, "
+                             f"{H}, {W}), got {tuple(m.shape)}")
+        m = m.to(x.dtype).expand(B, 1, T, H, W)
+        return torch.cat([x, z.to(x.dtype) * m, m], dim=1)  # (B, 2C+1, T, H, W)
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
                 num_images: int = 0) -> torch.Tensor:
@@ -259,12 +299,15 @@ class Latte(nn.Module):
         h, w, D = H // p, W // p, self.hidden_size
         num_video = (T - num_images) // s
 
-        tok = self.x_embedder(x)  # (B, T', N, D)
+        tok = self.x_embedder(self.with_context(x, cond))  # (B, T', N, D)
         tok = tok + _spatial_pos(h, w, D, self.pos_base_size, self.pos_interpolation_scale).to(tok.device, tok.dtype)
         t_emb, y_emb = self.condition(t, cond, B, T)
         c = t_emb if y_emb is None else t_emb + y_emb  # (B, T', D)
+        pooled = self.pooled_text(cond)
+        if pooled is not None:
+            c = c + pooled
         if self.injection == "tokens":  # the timestep (and class) as extra tokens of every frame
-            extra = [t_emb] if y_emb is None else [t_emb, y_emb.expand_as(t_emb)]
+            extra = [t_emb] + [e.expand_as(t_emb) for e in (y_emb, pooled) if e is not None]
             tok = torch.cat([tok, torch.stack(extra, dim=2).to(tok.dtype)], dim=2)  # (B, T', N+K, D)
             block_c = None
         elif self.injection == "adaln_single":

@@ -70,5 +70,6 @@ def build_model(cfg, in_channels: int) -> nn.Module:
             num_classes=cfg.num_classes, learned_sigma=cfg.learned_sigma, qk_norm=cfg.qk_norm,
             patch_embed=cfg.patch_embed, tubelet_size=cfg.tubelet_size, injection=cfg.injection,
             temporal_pos=cfg.temporal_pos, caption_channels=cfg.caption_channels,
-            pos_base_size=cfg.pos_base_size, pos_interpolation_scale=cfg.pos_interpolation_scale)
+            pos_base_size=cfg.pos_base_size, pos_interpolation_scale=cfg.pos_interpolation_scale,
+            text_pooled=cfg.text_pooled, context_frames=cfg.context_frames)
     raise ValueError(f"unknown model family {cfg.family!r}")

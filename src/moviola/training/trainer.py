@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from moviola.autoencoders import build_autoencoder
 from moviola.conditioning import Conditioning
+from moviola.conditioning.context import context_mask
 from moviola.config import ConfigError, RunConfig, save_config, to_dict
 from moviola.data.joint import extra_image_frames
 from moviola.diffusion import NoiseSchedule, make_betas, training_losses
@@ -93,6 +94,22 @@ def build_dataset(cfg: RunConfig, split: str = "train"):
     from moviola.data.folders import VideoFolder
 
     return VideoFolder(d.root, frames=d.frames, stride=d.frame_stride, size=d.size)
+
+
+def build_text(cfg: RunConfig, device: torch.device):
+    """The text embedder of a text-conditioned model (``model.caption_channels`` set), else None."""
+    if not cfg.model.caption_channels:
+        return None
+    from moviola.conditioning.text import TextEncoderError, build_text_embedder
+
+    try:
+        text = build_text_embedder(cfg.text, device)
+    except TextEncoderError as e:
+        raise ConfigError(str(e)) from None
+    if text.dim != cfg.model.caption_channels:
+        raise ConfigError(f"model.caption_channels={cfg.model.caption_channels} but text encoder {cfg.text.encoder} "
+                          f"gives {text.dim}-wide embeddings: set model.caption_channels={text.dim}")
+    return text
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -201,23 +218,39 @@ def _set_rng_states(states: dict) -> None:
 
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     """Warm start from a moviola checkpoint (e.g. a shipped ``checkpoints/*`` export): every weight
-    whose name and shape match is copied; optimizer state and step count start fresh."""
+    whose name and shape match is copied; optimizer state and step count start fresh.
+
+    A weight that gained input channels (the patch embedding of a model that adds context-frame
+    channels to a model trained without them) gets the old weights in its first channels and
+    zeros in the new ones, so the new inputs start with no influence (as SD's inpainting models).
+    """
     ckpt = resolve_checkpoint(path)
     name = weights_name(ckpt, "ema")
     sd = load_weights(ckpt, name)
     own = model.state_dict()
     loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    widened = {k: v for k, v in sd.items() if k in own and k not in loaded and _widens_inputs(v.shape, own[k].shape)}
     if not loaded:
         raise CheckpointError(f"--init-from {ckpt}: no weight fits this model (different architecture?)")
     with torch.no_grad():
         for k, v in loaded.items():
             own[k].copy_(v.to(own[k].dtype))
-    left = sorted(set(own) - set(loaded))
-    unused = sorted(set(sd) - set(loaded))
+        for k, v in widened.items():
+            own[k].zero_()
+            own[k][:, :v.shape[1]].copy_(v.to(own[k].dtype))
+    done = set(loaded) | set(widened)
+    left = sorted(set(own) - done)
+    unused = sorted(set(sd) - done)
     return [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors",
+            *([f"init-from: widened (new input channels zero): {sorted(widened)}"] if widened else []),
             f"init-from: left at initialization: {left[:10]}{'…' if len(left) > 10 else ''}" if left else
             "init-from: every tensor loaded",
             *([f"init-from: not used from the file: {unused[:10]}"] if unused else [])]
+
+
+def _widens_inputs(old: torch.Size, new: torch.Size) -> bool:
+    """Same shape except more input channels (dim 1) in the new weight."""
+    return (len(old) == len(new) >= 2 and old[0] == new[0] and old[2:] == new[2:] and new[1] > old[1])
 
 
 def lr_at(step: int, cfg: RunConfig) -> float:
@@ -252,9 +285,7 @@ class Trainer:
             raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
         if resume and init_from:
             raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint")
-        if cfg.model.caption_channels:
-            raise ConfigError("model.caption_channels: training a text-conditioned model needs a text encoder, "
-                              "which the trainer does not have yet (converted T2V checkpoints sample)")
+        self.text = build_text(cfg, self.device)  # None for a model without text
 
         torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config
         np.random.seed(cfg.train.seed)
@@ -373,6 +404,19 @@ class Trainer:
         cond = Conditioning()
         if cfg.model.num_classes:
             cond = Conditioning(labels=labels).drop(keep, ["labels"])
+        # (draws for text and context come after the ones above, so class-only runs keep their batches)
+        if self.text is not None:  # caption dropout: the empty prompt is the null condition
+            keep_text = torch.rand(B, generator=g) >= cfg.text.dropout_prob
+            captions = [c if k else "" for c, k in zip(batch["caption"], keep_text.tolist())]
+            cond.text, cond.text_mask = self.text(captions)
+        if cfg.model.context_frames:  # frames given as conditions; dropped for guidance
+            mask = context_mask(cfg.train.context_mode, B, video.shape[2], generator=g)  # (B, 1, T, 1, 1)
+            keep_ctx = (torch.rand(B, generator=g) >= cfg.model.context_dropout_prob).float()
+            mask = mask * keep_ctx[:, None, None, None, None]
+            if x0.shape[2] != video.shape[2]:  # joint training: the trailing image frames are never given
+                mask = torch.cat([mask, mask.new_zeros(B, 1, x0.shape[2] - video.shape[2], 1, 1)], dim=2)
+            mask = mask.to(self.device, x0.dtype)
+            cond.context, cond.context_mask = x0 * mask, mask
         return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), keep
 
     def train_step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
@@ -565,14 +609,19 @@ class Trainer:
     @torch.no_grad()
     def judge(self, n: int = 12) -> dict:
         """Sample a few videos with the EMA model and score them by the Moving Shapes rules."""
-        if self.cfg.data.dataset != "shapes" or not self.cfg.model.num_classes:
+        if self.cfg.data.dataset != "shapes" or not (self.cfg.model.num_classes or self.text is not None):
             return {}
+        from moviola.data.shapes import NUM_CLASSES, caption, label_to_attributes
         from moviola.eval.shapes_score import score_batch
         from moviola.pipelines.generate import Pipeline
 
-        pipe = Pipeline(self.ema.model, self.autoencoder, self.schedule, self.cfg, device=self.device)
-        labels = [int(i * self.cfg.model.num_classes / n) for i in range(n)]
-        video = pipe(labels=labels, steps=self.cfg.train.sample_steps, seed=0)
+        pipe = Pipeline(self.ema.model, self.autoencoder, self.schedule, self.cfg, device=self.device,
+                        text=self.text)
+        labels = [int(i * NUM_CLASSES / n) for i in range(n)]
+        if self.text is not None:
+            video = pipe(prompt=[caption(*label_to_attributes(y)) for y in labels], steps=self.cfg.train.sample_steps, seed=0)
+        else:
+            video = pipe(labels=labels, steps=self.cfg.train.sample_steps, seed=0)
         s = score_batch(video, labels)
         return {f"judge_{k}": v for k, v in s.items() if isinstance(v, (int, float))}
 
