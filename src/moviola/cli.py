@@ -340,7 +340,39 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--csv", help="write one row per video here")
     es.add_argument("--json", help="write the summary here")
     es.set_defaults(fn=_cmd_eval_shapes)
+    ef = esub.add_parser("fvd", help="Fréchet Video Distance, StyleGAN-V protocol (docs/evaluation.md)")
+    ef.add_argument("--real", required=True, help="folder of real videos (first --clips usable ones, random offsets)")
+    ef.add_argument("--fake", required=True, help="folder of generated videos (moviola sample --out-dir), from frame 0")
+    ef.add_argument("--detector", required=True, help="local I3D file: i3d_torchscript.pt or an I3D state dict")
+    ef.add_argument("--detector-sha256", help="expected SHA-256 of the detector (overrides the pinned one)")
+    ef.add_argument("--clips", type=int, default=2048)
+    ef.add_argument("--frames", type=int, default=16)
+    ef.add_argument("--stride", type=int, default=1, help="take every N-th frame (StyleGAN-V _subsample8f: 8)")
+    ef.add_argument("--resolution", type=int, help="centre-crop and resize frames to this first (Latte: 256)")
+    ef.add_argument("--seed", type=int, default=0, help="seed of the real clips' random offsets")
+    ef.add_argument("--batch-size", type=int, default=16)
+    ef.add_argument("--no-cache", action="store_true", help="recompute the real-set statistics")
+    ef.add_argument("--device", default="cpu")
+    ef.add_argument("--json", help="write the result here")
+    ef.set_defaults(fn=_cmd_eval_fvd)
     return p
+
+
+def _cmd_eval_fvd(args: argparse.Namespace) -> int:
+    from moviola.eval.fvd import fvd
+    from moviola.eval.i3d import load_detector
+    from moviola.utils import resolve_device
+
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError("--resolution must be positive")
+    detector = load_detector(args.detector, sha256=args.detector_sha256, device=resolve_device(args.device))
+    result = fvd(args.real, args.fake, detector, clips=args.clips, frames=args.frames, stride=args.stride,
+                 resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
