@@ -340,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--csv", help="write one row per video here")
     es.add_argument("--json", help="write the summary here")
     es.set_defaults(fn=_cmd_eval_shapes)
+    st = sub.add_parser("study", help="train variants with one budget, score them, write a table and plots")
+    st.add_argument("config", help="a study YAML (e.g. configs/studies/latte-variants.yaml)")
+    st.add_argument("--only", action="append", help="run just this variant (repeatable; no report is written)")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(fn=_cmd_study)
     ef = esub.add_parser("fvd", help="Fréchet Video Distance, StyleGAN-V protocol (docs/evaluation.md)")
     ef.add_argument("--real", required=True, help="folder of real videos (first --clips usable ones, random offsets)")
     ef.add_argument("--fake", required=True, help="folder of generated videos (moviola sample --out-dir), from frame 0")
@@ -356,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--json", help="write the result here")
     ef.set_defaults(fn=_cmd_eval_fvd)
     return p
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from moviola.study import load_study, run_study
+
+    study = load_study(args.config)
+    out = run_study(study, only=args.only, quiet=args.quiet, log=lambda m: print(m, file=sys.stderr))
+    for r in out["variants"]:
+        a = r["scores"].get("all", {})
+        print(f"{r['name']}: loss {r['final_loss']:.4f}, colour {a.get('colour_acc', 0):.2f}, "
+              f"shape {a.get('shape_acc', 0):.2f}, direction {a.get('direction_acc', 0):.2f}, "
+              f"match {a.get('match_rate', 0):.2f}")
+    if not args.only:
+        print(f"wrote {study.out_dir}/README.md, results.json, loss.png, scores.png")
+    return 0
 
 
 def _cmd_eval_fvd(args: argparse.Namespace) -> int:

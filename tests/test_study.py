@@ -1,0 +1,88 @@
+"""moviola study: one budget for every variant, reuse and resume, strict study files, the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from moviola.cli import main
+from moviola.config import ConfigError
+from moviola.study import load_study, run_study, variant_config
+
+BASE = {"name": "s", "model": {"size": "tiny", "patch_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 2,
+                               "num_classes": 48},
+        "data": {"size": 32, "frames": 4, "count": 8},
+        "train": {"batch_size": 2, "lr": 1e-3, "device": "cpu", "precision": "fp32", "checkpoint_every": 2,
+                  "log_every": 1}}
+
+
+@pytest.fixture()
+def study_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    spec = {"name": "tiny", "steps": 2,
+            "variants": {"v1": str(tmp_path / "base.yaml"),
+                         "v2": {"config": str(tmp_path / "base.yaml"), "set": ["model.variant=2"]}},
+            "eval": {"per_class": 1, "steps": 2, "seed": 0},
+            "runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "docs")}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_study_trains_scores_and_reports_every_variant(study_file, tmp_path):
+    study = load_study(study_file)
+    assert variant_config(study, study.variants[1]).model.variant == 2
+    out = run_study(study, quiet=True, log=lambda m: None)
+    assert [r["name"] for r in out["variants"]] == ["v1", "v2"]
+    for r in out["variants"]:
+        assert r["step"] == 2 and r["scores"]["all"]["n"] == 48 and r["final_loss"] > 0
+    readme = (tmp_path / "docs" / "README.md").read_text()
+    assert "| v1 |" in readme and "| v2 |" in readme and f"moviola study {study_file}" in readme
+    for png in ("loss.png", "scores.png"):
+        assert (tmp_path / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "docs" / "results.json").read_text())["steps"] == 2
+
+
+def test_finished_runs_are_reused_and_a_bigger_budget_resumes(study_file, tmp_path):
+    logs = []
+    run_study(load_study(study_file), quiet=True, log=logs.append)
+    metrics = (tmp_path / "runs" / "v1" / "metrics.jsonl").read_text()
+    logs.clear()
+    run_study(load_study(study_file), quiet=True, log=logs.append)
+    assert logs == ["study tiny: v1: trained (2 steps), reused", "study tiny: v2: trained (2 steps), reused"]
+    assert (tmp_path / "runs" / "v1" / "metrics.jsonl").read_text() == metrics  # nothing retrained or rescored
+    spec = yaml.safe_load(study_file.read_text())
+    spec["steps"] = 4
+    study_file.write_text(yaml.safe_dump(spec))
+    logs.clear()
+    out = run_study(load_study(study_file), quiet=True, log=logs.append)
+    assert "study tiny: v1: resuming at step 2" in logs
+    assert all(r["step"] == 4 for r in out["variants"])
+
+
+def test_a_run_with_another_config_is_refused_not_reused(study_file, tmp_path):
+    run_study(load_study(study_file), only=["v1"], quiet=True, log=lambda m: None)
+    spec = yaml.safe_load(study_file.read_text())
+    spec["set"] = ["train.lr=5e-4"]
+    study_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="trained with another config"):
+        run_study(load_study(study_file), quiet=True, log=lambda m: None)
+
+
+def test_study_files_are_strict(study_file, tmp_path):
+    spec = yaml.safe_load(study_file.read_text())
+    bad = dict(spec, variant=spec["variants"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="unknown key 'variant'; did you mean 'variants'"):
+        load_study(tmp_path / "bad.yaml")
+    bad = dict(spec, eval={"per_clas": 1})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="did you mean 'per_class'"):
+        load_study(tmp_path / "bad.yaml")
+    bad = dict(spec, variants={"v1": {"config": spec["variants"]["v1"], "set": ["model.num_heads=3"]}})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="num_heads"):  # every variant's config is checked before any compute
+        run_study(load_study(tmp_path / "bad.yaml"), log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
+    assert main(["study", str(tmp_path / "missing.yaml")]) == 2
