@@ -360,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--device", default="cpu")
     ef.add_argument("--json", help="write the result here")
     ef.set_defaults(fn=_cmd_eval_fvd)
+    ei = esub.add_parser("fid", help="FID (and IS of the generated set) over frames, FID Inception from a local file")
+    ei.add_argument("--real", help="folder (or file) of real videos/images; omit for IS alone")
+    ei.add_argument("--fake", required=True, help="folder (or file) of generated videos/images")
+    ei.add_argument("--weights", required=True, help="local pt_inception-2015-12-05-6726825d.pth (pytorch-fid's "
+                                                     "release), or a directory holding it")
+    ei.add_argument("--weights-sha256", help="expected SHA-256 (or a prefix of >= 8 hex digits); overrides the pin")
+    ei.add_argument("--frame-stride", type=int, default=1, help="score every N-th frame of each video")
+    ei.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    ei.add_argument("--splits", type=int, default=10, help="Inception Score splits")
+    ei.add_argument("--batch-size", type=int, default=50)
+    ei.add_argument("--device", default="cpu")
+    ei.add_argument("--json", help="write the result here")
+    ei.set_defaults(fn=_cmd_eval_fid)
     return p
 
 
@@ -375,6 +388,35 @@ def _cmd_study(args: argparse.Namespace) -> int:
               f"match {a.get('match_rate', 0):.2f}")
     if not args.only:
         print(f"wrote {study.out_dir}/README.md, results.json, loss.png, scores.png")
+    return 0
+
+
+def _cmd_eval_fid(args: argparse.Namespace) -> int:
+    from moviola.eval.image_metrics import fid_from_stats, frames_from_files, inception_features, inception_score
+    from moviola.eval.inception import load_inception
+    from moviola.utils import resolve_device
+
+    for name in ("frame_stride", "splits", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError("--max-frames must be at least 1")
+    model = load_inception(args.weights, sha256=args.weights_sha256, device=resolve_device(args.device))
+    frames = dict(frame_stride=args.frame_stride, max_frames=args.max_frames)
+    fake, logits = inception_features(frames_from_files(args.fake, **frames), model, args.batch_size,
+                                      keep_logits=True)
+    if logits.shape[0] < args.splits:
+        raise ValueError(f"{logits.shape[0]} generated frames for {args.splits} IS splits: lower --splits")
+    is_mean, is_std = inception_score(logits, splits=args.splits)
+    result = {"generated_frames": fake.count, "inception_score": is_mean, "inception_score_std": is_std,
+              "splits": args.splits, "weights_sha256": model.weights_sha256, **frames}
+    if args.real:
+        real = inception_features(frames_from_files(args.real, **frames), model, args.batch_size)
+        result.update(fid=fid_from_stats(real, fake), real_frames=real.count)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
     return 0
 
 
