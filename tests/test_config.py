@@ -13,7 +13,18 @@ import yaml
 from moviola.config import (ConfigError, RunConfig, config_from_json, from_dict, load_config, parse_override,
                             save_config, to_dict)
 
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = sorted(p for p in CONFIGS.rglob("*.yaml") if "studies" not in p.relative_to(CONFIGS).parts)
+STUDIES = sorted((CONFIGS / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
+def test_study_presets_load_with_every_variant_config(study):
+    from moviola.study import load_study, variant_config
+
+    s = load_study(study)
+    for v in s.variants:
+        assert variant_config(s, v).train.steps == s.steps
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -37,12 +48,17 @@ def test_defaults_validate():
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
     overrides = []
-    if "kind: frame_vae" in preset.read_text():  # the GPU presets: the VAE directory is given by the user
-        with pytest.raises(ConfigError, match=r"autoencoder\.path"):
-            load_config(preset)
+    if "root: null" in preset.read_text():  # a GPU preset for the user's own video folder
+        overrides.append(f"data.root={tmp_path}")
+    if "kind: frame_vae" in preset.read_text() and "path: null" not in preset.read_text():  # the GPU presets: the VAE directory is given by the user
+        from moviola.training.trainer import Trainer
+
+        with pytest.raises(ConfigError, match=r"without autoencoder\.path is a new, untrained autoencoder"):
+            Trainer(load_config(preset, overrides), tmp_path / "run")  # refused before any data or model is built
+        assert not (tmp_path / "run").exists()
         (tmp_path / "vae").mkdir()
         (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
-        overrides = [f"autoencoder.path={tmp_path / 'vae'}"]
+        overrides.append(f"autoencoder.path={tmp_path / 'vae'}")
     cfg = load_config(preset, overrides)
     # YAML out and in
     out = write_yaml(tmp_path / "again.yaml", yaml.safe_dump(to_dict(cfg)))
@@ -153,7 +169,10 @@ def test_lossless_conversions_are_accepted():
     (["train.ema_decay=1.0"], r"train\.ema_decay"),
     (["train.lr=0"], r"train\.lr"),
     (["data.frames=0"], r"positive"),
-    (["autoencoder.kind=frame_vae"], r"autoencoder\.path"),
+    (["autoencoder.kind=causal_vae", "data.frames=16"], r"data\.frames=16 does not fit the causal VAE.*13 or 17"),
+    (["autoencoder.kind=causal_vae", "autoencoder.temporal_downsample=[true]"], r"needs 3 entries"),
+    (["autoencoder.kind=causal_vae", "data.frames=17", "autoencoder.chunk_frames=6"], r"multiple of .* 4"),
+    (["autoencoder.kind=frame_vae", "autoencoder.base_channels=20"], r"divisible by autoencoder\.norm_groups"),
     (["data.dataset=folder"], r"data\.root"),
     (["autoencoder.kind=frame_vae", "autoencoder.path=/nonexistent"], r"has no config\.json"),
 ])

@@ -25,6 +25,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from moviola.config import load_config
     from moviola.training.trainer import Trainer
 
+    if args.command == "train-vae":
+        from moviola.training.vae_trainer import VAETrainer as Trainer  # noqa: N814 (same interface)
+
     overrides = list(args.set or [])
     if args.precision:
         overrides.append(f"train.precision={args.precision}")
@@ -46,7 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         while not created.parent.exists():
             created = created.parent
     try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume, quiet=args.quiet, init_from=args.init_from)
+        trainer = Trainer(cfg, run_dir, resume=args.resume, quiet=args.quiet,
+                          init_from=getattr(args, "init_from", None))
         last = trainer.train()
     except USER_ERRORS:
         if created is not None and not any((run_dir / "checkpoints").glob("step_*")):
@@ -233,8 +237,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from moviola.config import config_from_json
+    from moviola.training.checkpoint import resolve_checkpoint
     from moviola.training.export import export_checkpoint
+    from moviola.training.vae_trainer import export_autoencoder, is_vae_run
 
+    if is_vae_run(config_from_json(resolve_checkpoint(args.checkpoint) / "config.json")):
+        out = export_autoencoder(args.checkpoint, args.out, weights=args.weights)
+        size = sum(f.stat().st_size for f in out.iterdir())
+        print(f"wrote {out} ({size / 1e6:.1f} MB, the autoencoder with its measured latent normalization; "
+              f"use it as autoencoder.path)")
+        return 0
     out = export_checkpoint(args.checkpoint, args.out, weights=args.weights, dtype=args.dtype)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB, {args.weights} weights in {args.dtype})")
@@ -257,6 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", metavar="PATH", help="an image DiT state dict (.pt): fills the frame-wise layers; or a moviola checkpoint directory: warm start from all its weights")
     t.set_defaults(fn=_cmd_train)
 
+    tv = sub.add_parser("train-vae", help="train an autoencoder (frame VAE or causal 3-D VAE) from a YAML config")
+    tv.add_argument("config", nargs="?", help="YAML config (e.g. configs/shapes/causal-vae-32.yaml)")
+    tv.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    tv.add_argument("--run-dir", help="run directory (default runs/<config name>)")
+    tv.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
+    tv.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    tv.add_argument("--steps", type=int)
+    tv.add_argument("--device")
+    tv.add_argument("--quiet", action="store_true")
+    tv.set_defaults(fn=_cmd_train)
+    ev = sub.add_parser("eval-vae", help="PSNR, SSIM and temporal flicker of an autoencoder's reconstructions")
+    ev.add_argument("autoencoder", help="an autoencoder directory (moviola export of a train-vae run, a diffusers "
+                                        "AutoencoderKL) or a run directory")
+    ev.add_argument("--videos", help="a folder of videos (or one file) to reconstruct")
+    ev.add_argument("--shapes", type=int, help="reconstruct this many Moving Shapes test-split clips instead")
+    ev.add_argument("--frames", type=int, default=17, help="frames per clip (a causal VAE takes 1 + 4k)")
+    ev.add_argument("--size", type=int, default=64, help="frame size (videos are resized to cover it, centre-cropped)")
+    ev.add_argument("--stride", type=int, default=1, help="take every N-th frame of the videos")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--chunk-frames", type=int, help="causal VAE: encode this many frames at a time")
+    ev.add_argument("--tile-size", type=int, help="causal VAE: spatial tiles of this many pixels")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", help="write the result here")
+    ev.set_defaults(fn=_cmd_eval_vae)
     s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     s.add_argument("--label", type=int, action="append", help="class label (repeatable)")
@@ -388,6 +425,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
               f"match {a.get('match_rate', 0):.2f}")
     if not args.only:
         print(f"wrote {study.out_dir}/README.md, results.json, loss.png, scores.png")
+    return 0
+
+
+def _cmd_eval_vae(args: argparse.Namespace) -> int:
+    from moviola.eval.vae_eval import evaluate_autoencoder
+
+    result = evaluate_autoencoder(args.autoencoder, videos=args.videos, shapes=args.shapes, frames=args.frames,
+                                  size=args.size, stride=args.stride, batch_size=args.batch_size,
+                                  chunk_frames=args.chunk_frames, tile_size=args.tile_size, device=args.device)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
     return 0
 
 

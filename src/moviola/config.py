@@ -65,11 +65,39 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    kind: Literal["identity", "frame_vae"] = "identity"
-    path: Optional[str] = None  # a local diffusers-format AutoencoderKL directory (frame_vae)
+    kind: Literal["identity", "frame_vae", "causal_vae"] = "identity"
+    # frame_vae: a local diffusers-format AutoencoderKL directory (an SD VAE, or one moviola trained);
+    # causal_vae: a CausalVAE directory (moviola export of a train-vae run). null: a new, untrained
+    # autoencoder of the architecture below (what `moviola train-vae` trains)
+    path: Optional[str] = None
     scaling_factor: Optional[float] = None  # None = the VAE's own config value
     shift_factor: Optional[float] = None
-    chunk_frames: int = 16  # frames encoded/decoded per call
+    chunk_frames: int = 16  # frames encoded/decoded per call (causal_vae: a multiple of its temporal factor)
+    # the architecture of a new autoencoder (path null)
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)  # one level per entry; 2x down in space between levels
+    num_res_blocks: int = 2
+    latent_channels: int = 4
+    temporal_downsample: tuple[bool, ...] = (False, True, True)  # causal_vae: 2x down in time at these transitions
+    norm_groups: int = 32
+
+
+@dataclass(frozen=True)
+class VAELossConfig:
+    """The losses of `moviola train-vae` (section ``vae:``)."""
+
+    recon: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-6  # times the KL summed over each sample's latent, divided by its pixel count
+    sample_posterior: bool = True  # decode a reparameterized sample (else the mean) in training
+    adv_weight: float = 0.1  # 0 = no discriminator
+    adv_start: int = 2000  # the step the adversarial loss (and the discriminator's training) starts at
+    adaptive_weight: bool = True  # VQGAN: balance the adversarial gradient against the reconstruction's
+    lecam_weight: float = 0.0  # LeCam regularization of the discriminator (W.A.L.T / MAGVIT-v2), e.g. 0.001
+    lecam_decay: float = 0.999  # EMA decay of the discriminator outputs LeCam anchors to
+    disc_channels: int = 64
+    disc_layers: int = 3  # strided 3-D convolutions of the patch discriminator
+    disc_lr_mult: float = 1.0  # discriminator learning rate = train.lr × this
+    latent_stats_batches: int = 16  # batches the exported latent normalization is measured on
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class DataConfig:
     bounce: bool = False
     num_workers: int = 0
     use_image_num: int = 0  # image-video joint training: single frames of other clips after each video
+    latent_cache: bool = False  # encode each clip once and keep its latent on disk (data/latent_cache.py)
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    vae: VAELossConfig = field(default_factory=VAELossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -166,6 +196,7 @@ class RunConfig:
         _check_ranges(self)
         if d.size <= 0 or d.frames <= 0:
             raise ConfigError(f"data.size and data.frames must be positive (got {d.size}, {d.frames})")
+        self._validate_autoencoder()
         factor = autoencoder_spatial_factor(self.autoencoder)
         if d.size % (m.patch_size * factor) != 0:
             raise ConfigError(
@@ -206,6 +237,33 @@ class RunConfig:
             raise ConfigError(f"text.max_length must be at least 2 (got {self.text.max_length})")
         self._validate_latte_switches()
         return self
+
+    def _validate_autoencoder(self) -> None:
+        ae, d = self.autoencoder, self.data
+        if ae.kind == "identity":
+            return
+        if ae.path is None:
+            levels = len(ae.channel_mults)
+            if levels < 1:
+                raise ConfigError("autoencoder.channel_mults needs at least one level")
+            if any(m < 1 for m in ae.channel_mults):
+                raise ConfigError(f"autoencoder.channel_mults must be positive, got {list(ae.channel_mults)}")
+            if any((ae.base_channels * m) % ae.norm_groups for m in ae.channel_mults):
+                raise ConfigError(f"autoencoder.base_channels × channel_mults = "
+                                  f"{[ae.base_channels * m for m in ae.channel_mults]} must be divisible by "
+                                  f"autoencoder.norm_groups={ae.norm_groups}")
+            if ae.kind == "causal_vae" and len(ae.temporal_downsample) != levels - 1:
+                raise ConfigError(f"autoencoder.temporal_downsample needs {levels - 1} entries (one per level "
+                                  f"transition of channel_mults), got {list(ae.temporal_downsample)}")
+        tf = autoencoder_temporal_factor(ae)
+        if tf > 1:
+            if (d.frames - 1) % tf:
+                k = (d.frames - 1) // tf
+                raise ConfigError(f"data.frames={d.frames} does not fit the causal VAE: it takes 1 + {tf}·k frames "
+                                  f"(e.g. {1 + tf * k} or {1 + tf * (k + 1)})")
+            if ae.chunk_frames % tf:
+                raise ConfigError(f"autoencoder.chunk_frames={ae.chunk_frames} must be a multiple of the causal VAE's "
+                                  f"temporal factor {tf}")
 
     def _validate_latte_switches(self) -> None:
         from moviola.models.registry import resolve_model_dims  # late import: no cycle
@@ -263,6 +321,11 @@ _RANGES: tuple[tuple[str, Optional[float], Optional[float]], ...] = (
     ("train.warmup_steps", 0, None), ("train.min_lr_ratio", 0, 1), ("train.grad_clip", 0, None),
     ("train.sample_every", 0, None), ("train.sample_steps", 1, None), ("train.seed", 0, 2**32 - 1),
     ("train.max_bad_steps", 1, None), ("train.max_failed_saves", 1, None), ("sample.eta", 0, None),
+    ("autoencoder.base_channels", 1, None), ("autoencoder.num_res_blocks", 1, None),
+    ("autoencoder.latent_channels", 1, None), ("autoencoder.norm_groups", 1, None), ("vae.kl_weight", 0, None),
+    ("vae.adv_weight", 0, None), ("vae.adv_start", 0, None), ("vae.lecam_weight", 0, None),
+    ("vae.lecam_decay", 0, 0.999999), ("vae.disc_channels", 1, None), ("vae.disc_layers", 1, 8),
+    ("vae.disc_lr_mult", 1e-12, None), ("vae.latent_stats_batches", 1, None),
 )
 
 
@@ -288,14 +351,43 @@ def autoencoder_spatial_factor(cfg: AutoencoderConfig) -> int:
     """How many pixels one latent pixel covers, read from the VAE's config.json (no weights loaded)."""
     if cfg.kind == "identity":
         return 1
+    if cfg.path is None:  # a new autoencoder: every level transition halves the frame
+        return 2 ** (len(cfg.channel_mults) - 1)
+    if cfg.kind == "causal_vae":
+        return 2 ** sum(map(bool, _causal_config(cfg)["spatial_downsample"]))
     return 2 ** (len(_vae_config(cfg)["block_out_channels"]) - 1)
+
+
+def autoencoder_temporal_factor(cfg: AutoencoderConfig) -> int:
+    """How many frames one latent frame covers (after the first): 1 unless a causal VAE."""
+    if cfg.kind != "causal_vae":
+        return 1
+    flags = cfg.temporal_downsample if cfg.path is None else _causal_config(cfg)["temporal_downsample"]
+    return 2 ** sum(map(bool, flags))
 
 
 def autoencoder_latent_channels(cfg: AutoencoderConfig) -> int:
     """Channels of the latents, read from the VAE's config.json (no weights loaded); 3 for identity."""
     if cfg.kind == "identity":
         return 3
+    if cfg.path is None:
+        return cfg.latent_channels
+    if cfg.kind == "causal_vae":
+        return int(_causal_config(cfg)["latent_channels"])
     return int(_vae_config(cfg).get("latent_channels", 4))  # diffusers' AutoencoderKL default
+
+
+def _causal_config(cfg: AutoencoderConfig) -> dict:
+    found = Path(cfg.path) / "config.json"
+    try:
+        c = json.loads(found.read_text())
+        c["spatial_downsample"], c["temporal_downsample"], c["latent_channels"]
+    except FileNotFoundError:
+        raise ConfigError(f"autoencoder.path {cfg.path} has no config.json: expected a CausalVAE directory "
+                          "(moviola export of a train-vae run)") from None
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{found} is not a CausalVAE config") from None
+    return c
 
 
 def _vae_config(cfg: AutoencoderConfig) -> dict:
@@ -350,6 +442,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

@@ -6,8 +6,18 @@
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
+
+
+class AutoencoderOutput(NamedTuple):
+    """What a trainable autoencoder's ``forward`` returns: the reconstruction and the posterior."""
+
+    reconstruction: torch.Tensor  # (B, 3, T, H, W)
+    mean: torch.Tensor  # (B, c, t, h, w), un-normalized
+    logvar: torch.Tensor  # (B, c, t, h, w)
 
 
 class Autoencoder(nn.Module):

@@ -1,18 +1,39 @@
+"""``moviola.load_autoencoder``: any autoencoder moviola can use, from a path."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Union
 
 from moviola.autoencoders import Autoencoder, IdentityAutoencoder, build_autoencoder
 
 
-def load_autoencoder(path: Union[str, Path]) -> Autoencoder:
-    """``"identity"``, a diffusers AutoencoderKL directory, or the autoencoder of a moviola checkpoint."""
+def _class_name(path: Path) -> str:
+    try:
+        return str(json.loads((path / "config.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def load_autoencoder(path: Union[str, Path], weights: str = "ema") -> Autoencoder:
+    """``"identity"``; a directory written by ``moviola export`` of a train-vae run (a CausalVAE, or a
+    frame VAE in diffusers' format); any diffusers AutoencoderKL directory (an SD VAE); a train-vae
+    run or checkpoint directory (its ``weights``, EMA by default); or the autoencoder a diffusion
+    checkpoint was trained with."""
     if str(path) == "identity":
         return IdentityAutoencoder()
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"autoencoder path does not exist: {p}")
+    kind = _class_name(p)
+    if kind == "CausalVAE":
+        from moviola.autoencoders.causal_vae import CausalVAE
+
+        return CausalVAE.from_pretrained(p)
+    if kind == "TemporalDecoderVAE":
+        from moviola.autoencoders.temporal_decoder import TemporalDecoderVAE
+
+        return TemporalDecoderVAE.from_pretrained(p)
     from moviola.training.checkpoint import CheckpointError, resolve_checkpoint
 
     try:
@@ -21,8 +42,17 @@ def load_autoencoder(path: Union[str, Path]) -> Autoencoder:
         ckpt = None
     if ckpt is not None:
         from moviola.config import config_from_json
+        from moviola.training.checkpoint import check_state_dict, load_weights, weights_name
+        from moviola.training.vae_trainer import is_vae_run
 
-        return build_autoencoder(config_from_json(ckpt / "config.json").autoencoder)
+        cfg = config_from_json(ckpt / "config.json")
+        ae = build_autoencoder(cfg.autoencoder)
+        if is_vae_run(cfg):  # the autoencoder is what this run trained: its weights are the checkpoint's
+            name = weights_name(ckpt, weights)
+            sd = load_weights(ckpt, name)
+            check_state_dict(ae, sd, f"{ckpt}/{name}.safetensors")
+            ae.load_state_dict(sd)
+        return ae.eval()
     from moviola.autoencoders.frame_vae import FrameVAE
 
     return FrameVAE.from_pretrained(p)

@@ -126,6 +126,21 @@ class _MediaFolder(Dataset):
             self._bad[i] = reason
         raise ValueError(f"no readable {self.kind} left in {str(self.root)!r}; skipped {dict(self.skipped)}")
 
+    def exact(self, index: int) -> Optional[dict]:
+        """The item of exactly file ``index``, or None if it cannot be read (skipped and counted);
+        unlike ``dataset[index]`` it never substitutes another file (evaluation reads each once)."""
+        if index in self._bad:
+            return None
+        try:
+            return self._item(index, self._read(index))
+        except (VideoDecodeError, _Unreadable, OSError):
+            reason = "unreadable"
+        except _TooShort:
+            reason = "too_short"
+        self.skipped[reason] += 1
+        self._bad[index] = reason
+        return None
+
     def _item(self, i: int, clip: np.ndarray) -> dict:
         video = resize_and_crop(from_uint8(clip), self.size)  # (3, T, H, W) in [-1, 1]
         record = self.captions.get(self.files[i].relative_to(self.root).as_posix(), {})

@@ -136,7 +136,8 @@ def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def collate(items: list[dict]) -> dict:
-    out = {"video": torch.stack([it["video"] for it in items])}
+    key = "latent" if "latent" in items[0] else "video"  # pre-encoded latents (data.latent_cache) or pixels
+    out = {key: torch.stack([it[key] for it in items])}
     if "label" in items[0]:
         out["label"] = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
     out["caption"] = [it.get("caption", "") for it in items]
@@ -264,6 +265,10 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 
 
 class Trainer:
+    """Diffusion training. The run mechanics (run directory, resume, signals, fault rules, metrics)
+    live in the methods a subclass keeps; ``_build``, ``train_step``, ``save``, ``_load_weights``
+    and ``judge`` are what another kind of training (``VAETrainer``) replaces."""
+
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
                  on_step: Optional[Callable[[int, dict], None]] = None, init_from: Optional[str] = None):
         self.cfg = cfg
@@ -285,7 +290,7 @@ class Trainer:
             raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
         if resume and init_from:
             raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint")
-        self.text = build_text(cfg, self.device)  # None for a model without text
+        self._check(cfg)
 
         torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config
         np.random.seed(cfg.train.seed)
@@ -293,21 +298,7 @@ class Trainer:
         self.dataset = build_dataset(cfg)
         if len(self.dataset) == 0:
             raise ConfigError("the training set is empty")
-        self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
-        self.schedule = build_schedule(cfg)
-        self.model = build_model(cfg.model, self.autoencoder.latent_channels).to(self.device)
-        if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
-            for line in init_from_checkpoint(self.model, init_from):
-                self.log(line)
-        elif init_from:  # an image DiT fills the frame-wise parts (models/convert/dit_init.py)
-            from moviola.models.convert import init_from_dit
-
-            for line in init_from_dit(self.model, init_from):
-                self.log(line)
-        self.ema = EMA(self.model, cfg.train.ema_decay)
-        t = cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
-                                           weight_decay=t.weight_decay)
+        self._build(init_from)
         self.step = 0
         self.bad_steps_total = 0
         self.bad_steps_run = 0
@@ -327,13 +318,49 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             save_config(cfg, self.run_dir / "config.json")
 
+    def _check(self, cfg: RunConfig) -> None:
+        """Refusals that need more than the config (files, encoders), before any data is read."""
+        if cfg.autoencoder.kind != "identity" and cfg.autoencoder.path is None:
+            raise ConfigError(f"autoencoder.kind={cfg.autoencoder.kind} without autoencoder.path is a new, untrained "
+                              "autoencoder: train one first (moviola train-vae) and set autoencoder.path to its export")
+        self.text = build_text(cfg, self.device)  # None for a model without text
+
+    def _build(self, init_from: Optional[str]) -> None:
+        """The autoencoder, denoiser, diffusion schedule, EMA and optimizer of a diffusion run."""
+        cfg = self.cfg
+        self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
+        if cfg.data.latent_cache:
+            if cfg.data.use_image_num:
+                raise ConfigError("data.latent_cache with data.use_image_num is not supported: the extra image "
+                                  "frames are read as pixels; turn one of them off")
+            from moviola.data.latent_cache import LatentCache
+
+            self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device)
+        self.schedule = build_schedule(cfg)
+        self.model = build_model(cfg.model, self.autoencoder.latent_channels).to(self.device)
+        if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
+            for line in init_from_checkpoint(self.model, init_from):
+                self.log(line)
+        elif init_from:  # an image DiT fills the frame-wise parts (models/convert/dit_init.py)
+            from moviola.models.convert import init_from_dit
+
+            for line in init_from_dit(self.model, init_from):
+                self.log(line)
+        self.ema = EMA(self.model, cfg.train.ema_decay)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
+                                           weight_decay=t.weight_decay)
+
     # ---------------------------------------------------------------- checkpoints
-    def _load(self, path: Path) -> None:
+    def _load_weights(self, path: Path) -> None:
         # names, shapes and dtypes are checked against the configured model before any tensor is used
         for name, module in (("model", self.model), ("ema", self.ema.model)):
             sd = load_weights(path, name)
             check_state_dict(module, sd, f"{path}/{name}.safetensors")
             module.load_state_dict(sd)
+
+    def _load(self, path: Path) -> None:
+        self._load_weights(path)
         state = load_state(path)
         opt_tensors = load_weights(path, "optimizer")
         optimizer_from_flat(self.optimizer, {k: v.to(self.device) for k, v in opt_tensors.items()},
@@ -370,12 +397,15 @@ class Trainer:
             os.replace(tmp, path)
             self.log(f"metrics.jsonl: dropped {dropped} rows logged after step {step} (redone now)")
 
+    def run_state(self) -> dict:
+        """Counters and RNG states a resumed run needs to continue exactly."""
+        return {"ema_updates": self.ema.updates, "bad_steps_total": self.bad_steps_total,
+                "bad_steps_run": self.bad_steps_run, "log_window": [self._window_loss, self._window_n],
+                "data_bad": self.data_bad, "rng": _rng_states(), "torch_version": torch.__version__}
+
     def save(self) -> Path:
-        state = {"ema_updates": self.ema.updates, "bad_steps_total": self.bad_steps_total,
-                 "bad_steps_run": self.bad_steps_run, "log_window": [self._window_loss, self._window_n],
-                 "data_bad": self.data_bad, "rng": _rng_states(), "torch_version": torch.__version__}
         return save_checkpoint(self.run_dir / "checkpoints", self.step, to_dict(self.cfg), self.model,
-                               self.ema.model, self.optimizer, state, keep_last=self.cfg.train.keep_last)
+                               self.ema.model, self.optimizer, self.run_state(), keep_last=self.cfg.train.keep_last)
 
     # ---------------------------------------------------------------- one step
     def make_batch(self, step: int, batch: Optional[dict] = None
@@ -386,9 +416,12 @@ class Trainer:
             idx = batch_indices(step, cfg.train.batch_size, len(self.dataset), cfg.train.seed)
             batch = collate([self.dataset[i] for i in idx])
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        video = batch["video"].to(self.device)
-        with torch.no_grad():
-            x0 = self.autoencoder.encode(video)
+        if "latent" in batch:  # encoded once, cached (data.latent_cache)
+            x0 = batch["latent"].to(self.device)
+        else:
+            with torch.no_grad():
+                x0 = self.autoencoder.encode(batch["video"].to(self.device))
+        frames = x0.shape[2]  # latent frames of the videos (joint training appends image frames below)
         labels = batch.get("label")
         if cfg.data.use_image_num:  # Latte+IMG: single frames of other clips after each video (data/joint.py)
             idx = batch_indices(step, cfg.train.batch_size, len(self.dataset), cfg.train.seed)
@@ -396,7 +429,7 @@ class Trainer:
             with torch.no_grad():
                 x0 = torch.cat([x0, self.autoencoder.encode(images.to(self.device))], dim=2)  # (B, c, T+n, h, w)
             if labels is not None and image_labels is not None:  # a label per frame: (B, T+n)
-                labels = torch.cat([labels[:, None].expand(-1, video.shape[2]), image_labels], dim=1)
+                labels = torch.cat([labels[:, None].expand(-1, frames), image_labels], dim=1)
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
@@ -410,11 +443,11 @@ class Trainer:
             captions = [c if k else "" for c, k in zip(batch["caption"], keep_text.tolist())]
             cond.text, cond.text_mask = self.text(captions)
         if cfg.model.context_frames:  # frames given as conditions; dropped for guidance
-            mask = context_mask(cfg.train.context_mode, B, video.shape[2], generator=g)  # (B, 1, T, 1, 1)
+            mask = context_mask(cfg.train.context_mode, B, frames, generator=g)  # (B, 1, T, 1, 1)
             keep_ctx = (torch.rand(B, generator=g) >= cfg.model.context_dropout_prob).float()
             mask = mask * keep_ctx[:, None, None, None, None]
-            if x0.shape[2] != video.shape[2]:  # joint training: the trailing image frames are never given
-                mask = torch.cat([mask, mask.new_zeros(B, 1, x0.shape[2] - video.shape[2], 1, 1)], dim=2)
+            if x0.shape[2] != frames:  # joint training: the trailing image frames are never given
+                mask = torch.cat([mask, mask.new_zeros(B, 1, x0.shape[2] - frames, 1, 1)], dim=2)
             mask = mask.to(self.device, x0.dtype)
             cond.context, cond.context_mask = x0 * mask, mask
         return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), keep

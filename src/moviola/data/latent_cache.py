@@ -1,0 +1,92 @@
+"""Pre-encoded latents: a dataset wrapper that encodes each clip once and keeps the latent on disk.
+
+Diffusion training on a VAE's latents otherwise re-encodes every clip every step. With
+``data.latent_cache: true`` the trainer wraps its dataset in :class:`LatentCache`: item ``i`` is
+encoded on first use (the posterior mean, normalized as the diffusion model sees it) and written
+to ``<cache>/latents/<key>/<i>.safetensors`` (atomically); later epochs and later runs read it.
+
+The key hashes the autoencoder's weights and normalization (its state dict and scale/shift), the
+data config (dataset, root, size, frames, stride, seed, count, bounce) and the files' contents are
+not re-hashed per item — a folder dataset's key includes each file's name, size and modification
+time, so an edited file is a different key. Items are deterministic (no random offset, no
+sampling), which the trainer's exact-resume contract needs anyway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+
+def autoencoder_fingerprint(ae: torch.nn.Module) -> str:
+    h = hashlib.sha256(type(ae).__name__.encode())
+    for k, v in sorted(ae.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps([float(getattr(ae, "scaling_factor", 1.0)), float(getattr(ae, "shift_factor", 0.0))]).encode())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
+    keep = {k: data_cfg.get(k) for k in ("dataset", "root", "size", "frames", "frame_stride", "seed", "count", "bounce")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+    for f in getattr(dataset, "files", []):  # a folder: names, sizes and modification times of its files
+        st = Path(f).stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+class LatentCache(Dataset):
+    """``dataset[i]`` with ``video`` replaced by ``latent`` (c, t, h, w), encoded once, cached on disk."""
+
+    def __init__(self, dataset: Dataset, autoencoder, data_cfg: dict, cache_dir: Optional[str] = None,
+                 device: "str | torch.device" = "cpu"):
+        from moviola.conditioning.text import default_cache_dir
+
+        self.dataset, self.autoencoder, self.device = dataset, autoencoder, torch.device(device)
+        key = hashlib.sha256((autoencoder_fingerprint(autoencoder) + dataset_fingerprint(data_cfg, dataset)).encode())
+        self.dir = Path(cache_dir or default_cache_dir()) / "latents" / key.hexdigest()[:32]
+        self.encoded = 0  # items this process encoded (the rest came from disk)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # skipped, bad_items, files, ...: the wrapped dataset's
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> dict:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save_file
+
+        path = self.dir / f"{int(index)}.safetensors"
+        item = None
+        if path.is_file():
+            try:
+                stored = load_file(str(path))
+                meta = json.loads(stored.pop("_meta").numpy().tobytes().decode())
+                item = {"latent": stored["latent"], "label": stored["label"], "caption": meta["caption"]}
+            except (SafetensorError, KeyError, ValueError, OSError, RuntimeError):
+                item = None  # damaged: encode again
+        if item is not None:
+            return item
+        raw = self.dataset[index]
+        with torch.no_grad():
+            latent = self.autoencoder.encode(raw["video"][None].to(self.device))[0].float().cpu()
+        self.encoded += 1
+        item = {"latent": latent, "label": torch.as_tensor(raw.get("label", -1)).long(), "caption": raw.get("caption", "")}
+        meta = torch.frombuffer(bytearray(json.dumps({"caption": item["caption"]}).encode()), dtype=torch.uint8)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"latent": latent.contiguous(), "label": item["label"].reshape(()), "_meta": meta}, str(tmp))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full or read-only cache disk costs speed, not the run
+        return item
