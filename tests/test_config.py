@@ -50,6 +50,14 @@ def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
     overrides = []
     if "root: null" in preset.read_text():  # a GPU preset for the user's own video folder
         overrides.append(f"data.root={tmp_path}")
+    if "kind: causal_vae" in preset.read_text() and "path: checkpoints/" in preset.read_text():
+        # a preset on a shipped causal VAE: any CausalVAE directory of the same shape stands in for it
+        from moviola.autoencoders.causal_vae import CausalVAE
+
+        CausalVAE(base_channels=8, channel_mults=(1, 2, 2), temporal_downsample=(True, True),
+                  spatial_downsample=(True, True), latent_channels=4,
+                  norm_groups=4).save_pretrained(tmp_path / "cvae")
+        overrides.append(f"autoencoder.path={tmp_path / 'cvae'}")
     if "kind: frame_vae" in preset.read_text() and "path: null" not in preset.read_text():  # the GPU presets: the VAE directory is given by the user
         from moviola.training.trainer import Trainer
 
