@@ -203,9 +203,14 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
     rows = result.pop("rows")
     if args.csv:
         write_rows_csv(rows, args.csv)
+    return _report(result, args.json)
+
+
+def _report(result: dict, json_path: Optional[str]) -> int:
+    """Print a result as JSON (and write it to ``--json``)."""
     text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    if json_path:
+        Path(json_path).write_text(text + "\n")
     print(text)
     return 0
 
@@ -434,11 +439,7 @@ def _cmd_eval_vae(args: argparse.Namespace) -> int:
     result = evaluate_autoencoder(args.autoencoder, videos=args.videos, shapes=args.shapes, frames=args.frames,
                                   size=args.size, stride=args.stride, batch_size=args.batch_size,
                                   chunk_frames=args.chunk_frames, tile_size=args.tile_size, device=args.device)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.json)
 
 
 def _cmd_eval_fid(args: argparse.Namespace) -> int:
@@ -463,11 +464,7 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
     if args.real:
         real = inception_features(frames_from_files(args.real, **frames), model, args.batch_size)
         result.update(fid=fid_from_stats(real, fake), real_frames=real.count)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.json)
 
 
 def _cmd_eval_fvd(args: argparse.Namespace) -> int:
@@ -480,11 +477,7 @@ def _cmd_eval_fvd(args: argparse.Namespace) -> int:
     detector = load_detector(args.detector, sha256=args.detector_sha256, device=resolve_device(args.device))
     result = fvd(args.real, args.fake, detector, clips=args.clips, frames=args.frames, stride=args.stride,
                  resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.json)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
