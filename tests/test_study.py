@@ -86,3 +86,14 @@ def test_study_files_are_strict(study_file, tmp_path):
         run_study(load_study(tmp_path / "bad.yaml"), log=lambda m: None)
     assert not (tmp_path / "runs").exists()
     assert main(["study", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_a_run_saved_before_new_config_keys_existed_is_still_reused(study_file, tmp_path):
+    run_study(load_study(study_file), only=["v1"], quiet=True, log=lambda m: None)
+    saved = tmp_path / "runs" / "v1" / "config.json"
+    old = json.loads(saved.read_text())
+    del old["data"]["latent_cache"]  # as written by a moviola without that key
+    saved.write_text(json.dumps(old))
+    logs = []
+    run_study(load_study(study_file), only=["v1"], quiet=True, log=logs.append)
+    assert logs == ["study tiny: v1: trained (2 steps), reused"]

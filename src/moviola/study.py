@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from moviola.config import ConfigError, RunConfig, _yaml_load, load_config, to_dict
+from moviola.config import ConfigError, RunConfig, _yaml_load, config_from_json, load_config, to_dict
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir")
 _EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
@@ -151,7 +151,8 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
         cfg = configs[v.name]
         run_dir = Path(study.runs_dir) / v.name
         saved = run_dir / "config.json"
-        if saved.is_file() and _comparable(json.loads(saved.read_text())) != _comparable(to_dict(cfg)):
+        # compared as parsed configs: keys added to moviola since the run started take their defaults
+        if saved.is_file() and _comparable(to_dict(config_from_json(saved))) != _comparable(to_dict(cfg)):
             raise ConfigError(f"{run_dir} was trained with another config than variant {v.name!r} of the study "
                               "asks for now; delete that run directory (or rename the study) to retrain it")
         kept = list_checkpoints(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else []
