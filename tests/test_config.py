@@ -58,6 +58,10 @@ def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
                   spatial_downsample=(True, True), latent_channels=4,
                   norm_groups=4).save_pretrained(tmp_path / "cvae")
         overrides.append(f"autoencoder.path={tmp_path / 'cvae'}")
+    if "kind: temporal_decoder" in preset.read_text():  # on a shipped frame VAE: any frame VAE config stands in
+        (tmp_path / "fvae").mkdir()
+        (tmp_path / "fvae" / "config.json").write_text(json.dumps({"block_out_channels": [32, 64, 64]}))
+        overrides.append(f"autoencoder.path={tmp_path / 'fvae'}")
     if "kind: frame_vae" in preset.read_text() and "path: null" not in preset.read_text():  # the GPU presets: the VAE directory is given by the user
         from moviola.training.trainer import Trainer
 

@@ -168,3 +168,25 @@ def test_latent_cache_encodes_each_clip_once_and_trains_like_encoding_every_step
     other = Trainer(load_config(overrides=[*base, "data.latent_cache=true", "data.seed=1"]), tmp_path / "o", quiet=True)
     other.train()
     assert other.dataset.encoded == 6  # other data, other key
+
+
+def test_temporal_decoder_fine_tunes_on_a_trained_frame_vae_and_keeps_its_latents(tmp_path):
+    VAETrainer(vae_cfg("frame_vae"), tmp_path / "fv", quiet=True).train()
+    base_dir = export_autoencoder(tmp_path / "fv", tmp_path / "frame-vae")
+    cfg = vae_cfg("frame_vae", "autoencoder.kind=temporal_decoder", f"autoencoder.path={base_dir}",
+                  "vae.kl_weight=0")
+    trainer = VAETrainer(cfg, tmp_path / "td", quiet=True)
+    base = moviola.load_autoencoder(base_dir)
+    video = trainer.make_batch(0)[0]
+    with torch.no_grad():  # before training: exactly the frame decoder
+        torch.testing.assert_close(trainer.model.decode(base.encode(video)), base.decode(base.encode(video)),
+                                   atol=1e-5, rtol=0)  # block by block vs diffusers' own forward: float rounding
+    frozen = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("base.")}
+    trainer.train()
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in frozen.items())  # only temporal layers train
+    out = export_autoencoder(tmp_path / "td", tmp_path / "temporal")
+    td = moviola.load_autoencoder(out)
+    assert type(td).__name__ == "TemporalDecoderVAE"
+    assert torch.equal(td.encode(video), base.encode(video))  # latents stay those of the frame VAE
+    with pytest.raises(ConfigError, match="needs autoencoder.path"):
+        vae_cfg("frame_vae", "autoencoder.kind=temporal_decoder")

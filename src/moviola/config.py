@@ -65,10 +65,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    kind: Literal["identity", "frame_vae", "causal_vae"] = "identity"
+    kind: Literal["identity", "frame_vae", "causal_vae", "temporal_decoder"] = "identity"
     # frame_vae: a local diffusers-format AutoencoderKL directory (an SD VAE, or one moviola trained);
     # causal_vae: a CausalVAE directory (moviola export of a train-vae run). null: a new, untrained
-    # autoencoder of the architecture below (what `moviola train-vae` trains)
+    # autoencoder of the architecture below (what `moviola train-vae` trains).
+    # temporal_decoder (Video LDM): a trained frame VAE to add temporal layers to (what train-vae
+    # fine-tunes), or a TemporalDecoderVAE directory (moviola export of that run)
     path: Optional[str] = None
     scaling_factor: Optional[float] = None  # None = the VAE's own config value
     shift_factor: Optional[float] = None
@@ -80,6 +82,10 @@ class AutoencoderConfig:
     latent_channels: int = 4
     temporal_downsample: tuple[bool, ...] = (False, True, True)  # causal_vae: 2x down in time at these transitions
     norm_groups: int = 32
+    # temporal_decoder: the temporal layers added to the frame decoder
+    temporal_kernel: int = 3  # frames each temporal 3-D convolution sees
+    temporal_attention: bool = True  # temporal self-attention in the decoder's mid block
+    finetune_spatial: bool = False  # also fine-tune the 2-D decoder (the encoder always stays frozen)
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,11 @@ class RunConfig:
         ae, d = self.autoencoder, self.data
         if ae.kind == "identity":
             return
+        if ae.kind == "temporal_decoder" and ae.path is None:
+            raise ConfigError("autoencoder.kind=temporal_decoder needs autoencoder.path: the trained frame VAE to add "
+                              "temporal layers to (or an exported TemporalDecoderVAE)")
+        if ae.temporal_kernel < 1 or ae.temporal_kernel % 2 == 0:
+            raise ConfigError(f"autoencoder.temporal_kernel must be odd and positive, got {ae.temporal_kernel}")
         if ae.path is None:
             levels = len(ae.channel_mults)
             if levels < 1:
@@ -395,6 +406,8 @@ def _vae_config(cfg: AutoencoderConfig) -> dict:
         raise ConfigError("autoencoder.kind=frame_vae needs autoencoder.path "
                           "(a local diffusers-format AutoencoderKL directory)")
     root = Path(cfg.path)
+    if cfg.kind == "temporal_decoder" and (root / "vae" / "config.json").is_file():
+        root = root / "vae"  # a TemporalDecoderVAE directory keeps its base frame VAE in vae/
     found = next((p for p in (root / "config.json", root / "vae" / "config.json") if p.is_file()), None)
     if found is None:
         raise ConfigError(f"autoencoder.path {root} has no config.json (nor vae/config.json): "

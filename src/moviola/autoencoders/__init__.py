@@ -1,4 +1,4 @@
-"""Autoencoders: identity (pixel space), the frame-wise SD VAE and the causal 3-D VAE."""
+"""Autoencoders: identity (pixel space), the frame-wise SD VAE, the causal 3-D VAE, Video LDM's temporal decoder."""
 from __future__ import annotations
 
 from moviola.autoencoders.base import Autoencoder
@@ -28,6 +28,22 @@ def build_autoencoder(cfg) -> Autoencoder:
                              norm_groups=cfg.norm_groups, chunk_frames=cfg.chunk_frames)
         # a directory written by CausalVAE.save_pretrained (config.json + model.safetensors)
         return CausalVAE.from_pretrained(cfg.path, chunk_frames=cfg.chunk_frames)
+    if cfg.kind == "temporal_decoder":
+        import json
+        from pathlib import Path
+
+        from moviola.autoencoders.frame_vae import FrameVAE
+        from moviola.autoencoders.temporal_decoder import TemporalDecoderVAE
+
+        path = Path(cfg.path)
+        meta = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        if meta.get("_class_name") == "TemporalDecoderVAE":  # an exported one
+            return TemporalDecoderVAE.from_pretrained(path, finetune_spatial=cfg.finetune_spatial)
+        base = FrameVAE.from_pretrained(path, scaling_factor=cfg.scaling_factor, shift_factor=cfg.shift_factor,
+                                        chunk_frames=cfg.chunk_frames)  # a frame VAE to add temporal layers to
+        return TemporalDecoderVAE.from_frame_vae(base, temporal_kernel=cfg.temporal_kernel,
+                                                 attention=cfg.temporal_attention,
+                                                 finetune_spatial=cfg.finetune_spatial, copy_base=False)
     raise ValueError(f"unknown autoencoder kind {cfg.kind!r}")
 
 

@@ -382,8 +382,8 @@ def write_new_directory(out_dir: Union[str, Path], write: Callable[[Path], None]
     tmp.mkdir(parents=True)
     try:
         write(tmp)
-        for f in tmp.iterdir():
-            _fsync_file(f)
+        for f in sorted(tmp.rglob("*"), reverse=True):  # files (and subdirectories) before their parents
+            (_fsync_dir if f.is_dir() else _fsync_file)(f)
         _fsync_dir(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above

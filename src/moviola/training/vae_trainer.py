@@ -38,10 +38,12 @@ from moviola.utils import autocast
 class VAETrainer(Trainer):
     def _check(self, cfg: RunConfig) -> None:
         if cfg.autoencoder.kind == "identity":
-            raise ConfigError("train-vae trains an autoencoder: set autoencoder.kind to frame_vae or causal_vae")
-        if cfg.autoencoder.path is not None:
-            raise ConfigError("train-vae trains a new autoencoder: set autoencoder.path to null (to continue a run, "
-                              "use --resume)")
+            raise ConfigError("train-vae trains an autoencoder: set autoencoder.kind to frame_vae, causal_vae or "
+                              "temporal_decoder")
+        if not is_vae_run(cfg):
+            raise ConfigError("train-vae trains a new autoencoder (autoencoder.path null) or adds temporal layers to a "
+                              "trained frame VAE (kind temporal_decoder, path = that VAE); to continue a run, use "
+                              "--resume")
         if cfg.data.use_image_num:
             raise ConfigError("train-vae does not use data.use_image_num (images are one-frame videos already)")
         self.text = None
@@ -51,12 +53,16 @@ class VAETrainer(Trainer):
         if init_from:
             raise ConfigError("train-vae has no --init-from; a run continues with --resume")
         self.autoencoder = self.model = build_autoencoder(cfg.autoencoder).to(self.device).train()
-        self.model.requires_grad_(True)
+        if hasattr(self.model, "trainable_parameters"):  # the temporal decoder: its encoder (and base) stay frozen
+            trainable = list(self.model.trainable_parameters())
+        else:
+            self.model.requires_grad_(True)
+            trainable = list(self.model.parameters())
         self.ema = EMA(self.model, cfg.train.ema_decay)
         self.disc = PatchDiscriminator3D(v.disc_channels, v.disc_layers).to(self.device) if v.adv_weight > 0 else None
         self.lecam = LeCam(v.lecam_decay).to(self.device)
         t = cfg.train
-        groups = [{"params": list(self.model.parameters()), "lr": t.lr, "name": "autoencoder"}]
+        groups = [{"params": trainable, "lr": t.lr, "name": "autoencoder"}]
         if self.disc is not None:
             groups.append({"params": list(self.disc.parameters()), "lr": t.lr * v.disc_lr_mult, "name": "disc"})
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -121,7 +127,7 @@ class VAETrainer(Trainer):
         if not torch.isfinite(loss):
             return None
         loss.backward()
-        grad_norm = self._clip(self.model.parameters())
+        grad_norm = self._clip(self.optimizer.param_groups[0]["params"])
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -171,8 +177,15 @@ def held_out_clips(cfg: RunConfig, n: int) -> Optional[torch.Tensor]:
 
 
 def is_vae_run(cfg: RunConfig) -> bool:
-    """A train-vae run trains a new autoencoder; a diffusion run always loads one (or is in pixel space)."""
-    return cfg.autoencoder.kind != "identity" and cfg.autoencoder.path is None
+    """A train-vae run trains a new autoencoder, or temporal layers on a trained frame VAE; a diffusion
+    run loads a finished one (or is in pixel space)."""
+    ae = cfg.autoencoder
+    if ae.kind == "temporal_decoder":
+        import json
+
+        meta = Path(ae.path) / "config.json"
+        return not (meta.is_file() and json.loads(meta.read_text()).get("_class_name") == "TemporalDecoderVAE")
+    return ae.kind != "identity" and ae.path is None
 
 
 @torch.no_grad()
@@ -199,9 +212,10 @@ def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema
     check_state_dict(ae, sd, f"{ckpt}/{name}.safetensors")
     ae.load_state_dict(sd)
     ae.eval()
-    dataset = build_dataset(cfg)
-    t = cfg.train
-    batches = (collate([dataset[i] for i in batch_indices(s, t.batch_size, len(dataset), t.seed)])["video"]
-               for s in range(cfg.vae.latent_stats_batches))
-    ae.measure_latent_stats(batches)
+    if cfg.autoencoder.kind != "temporal_decoder":  # the temporal decoder keeps its base's latents unchanged
+        dataset = build_dataset(cfg)
+        t = cfg.train
+        batches = (collate([dataset[i] for i in batch_indices(s, t.batch_size, len(dataset), t.seed)])["video"]
+                   for s in range(cfg.vae.latent_stats_batches))
+        ae.measure_latent_stats(batches)
     return write_new_directory(out, ae.save_pretrained)
