@@ -201,3 +201,14 @@ def test_cli_fvd(tmp_path, i3d_file, capsys, monkeypatch):
     assert "found 3 usable videos" in capsys.readouterr().err
     assert main([*args, "--clips", "3", "--detector-sha256", "ab" * 32]) == 2
     assert "not the expected" in capsys.readouterr().err
+
+
+def test_resolution_resize_keeps_pixel_values():
+    """--resolution resizes uint8 frames without clipping them to [-1, 1] (a flat clip stays flat)."""
+    from moviola.eval.fvd import _crop_resize
+
+    clip = np.full((3, 40, 60, 3), 200, dtype=np.uint8)
+    clip[:, :, :, 1] = 17
+    out = _crop_resize(clip, 32)
+    assert out.shape == (3, 32, 32, 3) and out.dtype == np.uint8
+    assert (out[..., 0] == 200).all() and (out[..., 1] == 17).all()

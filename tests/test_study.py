@@ -97,3 +97,14 @@ def test_a_run_saved_before_new_config_keys_existed_is_still_reused(study_file, 
     logs = []
     run_study(load_study(study_file), only=["v1"], quiet=True, log=logs.append)
     assert logs == ["study tiny: v1: trained (2 steps), reused"]
+
+
+def test_a_run_past_the_budget_is_refused(study_file, tmp_path):
+    spec = yaml.safe_load(study_file.read_text())
+    spec["steps"] = 4
+    study_file.write_text(yaml.safe_dump(spec))
+    run_study(load_study(study_file), only=["v1"], quiet=True, log=lambda m: None)
+    spec["steps"] = 2
+    study_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="trained 4 steps, more than the study's budget of 2"):
+        run_study(load_study(study_file), only=["v1"], quiet=True, log=lambda m: None)

@@ -257,3 +257,42 @@ def test_eval_shapes_samples_a_text_model_from_captions_and_scores_image_to_vide
     assert 0.0 <= i2v["colour_and_shape_kept"] <= 1.0
     a = torch.zeros(3, 4, 4)
     assert psnr(a, a + 0.2) == pytest.approx(10 * np.log10(1 / 0.01))  # 0.2 on [-1, 1] = 0.1 on [0, 1]
+
+
+def test_with_a_prompt_the_unconditional_branch_keeps_the_given_frame(run):
+    pipe = moviola.load_pipeline(run, device="cpu")
+    seen = []
+    model = pipe.model
+
+    class Recorder(torch.nn.Module):
+        accepts, learned_sigma = model.accepts, False
+
+        def forward(self, x, t, cond):
+            seen.append(cond)
+            return model(x, t, cond)
+
+    pipe.model = Recorder()
+    pipe(prompt=["a red circle moving right"], image=torch.zeros(3, 32, 32), steps=1, cfg=3.0)
+    both = seen[0]  # the doubled batch: conditional half, unconditional half
+    assert both.context_mask.shape[0] == 2 and torch.equal(both.context_mask[0], both.context_mask[1])
+    assert both.context_mask[1, 0, 0].item() == 1  # the frame is still given in the unconditional half
+    empty, _ = pipe.text([""])
+    assert torch.equal(both.text[1], empty[0])  # ...whose prompt is the empty one
+
+
+def test_image_tensors_must_be_in_minus_one_to_one(run):
+    pipe = moviola.load_pipeline(run, device="cpu")
+    with pytest.raises(ValueError, match=r"float in \[-1, 1\]"):
+        pipe(prompt=["a"], image=torch.full((3, 32, 32), 255, dtype=torch.uint8), steps=1)
+    with pytest.raises(ValueError, match=r"float in \[-1, 1\]"):
+        pipe(prompt=["a"], image=torch.full((3, 32, 32), 3.0), steps=1)
+
+
+def test_a_prompt_for_a_class_model_says_it_takes_labels(tmp_path, capsys):
+    run = tmp_path / "cls"
+    Trainer(load_config(overrides=["name=c", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32",
+                                   "model.depth=2", "model.num_heads=2", "model.num_classes=48", "data.frames=4",
+                                   "data.count=4", "train.batch_size=2", "train.device=cpu", "train.precision=fp32",
+                                   "train.steps=1", "train.checkpoint_every=1"]), run, quiet=True).train()
+    assert main(["sample", str(run), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif")]) == 2
+    assert "does not take text" in capsys.readouterr().err

@@ -144,3 +144,12 @@ def test_bad_prompt_lists(tiny_bert_dir, tmp_path):
         emb([])
     with pytest.raises(TypeError, match="not one string"):
         emb("a red circle")
+
+
+def test_the_cache_key_covers_the_tokenizer(tmp_path, tiny_bert_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    vocab = (copy / "vocab.txt").read_text().splitlines()
+    vocab[5], vocab[6] = vocab[6], vocab[5]  # "a" and "red" swap ids: same weights, other embeddings
+    (copy / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    assert encoder_fingerprint(copy) != encoder_fingerprint(tiny_bert_dir)

@@ -190,3 +190,25 @@ def test_temporal_decoder_fine_tunes_on_a_trained_frame_vae_and_keeps_its_latent
     assert torch.equal(td.encode(video), base.encode(video))  # latents stay those of the frame VAE
     with pytest.raises(ConfigError, match="needs autoencoder.path"):
         vae_cfg("frame_vae", "autoencoder.kind=temporal_decoder")
+
+
+def test_latent_cache_key_changes_with_the_captions(tmp_path):
+    from moviola.data.latent_cache import dataset_fingerprint
+
+    class Folder:
+        files: list = []
+
+        def __init__(self, captions):
+            self.captions = captions
+
+    data = {"dataset": "folder", "root": "/x"}
+    assert dataset_fingerprint(data, Folder({"a.mp4": {"caption": "old"}})) != \
+        dataset_fingerprint(data, Folder({"a.mp4": {"caption": "new"}}))
+
+
+def test_causal_vae_configs_count_latent_frames():
+    with pytest.raises(ConfigError, match="joint image training.*causal VAE"):
+        vae_cfg("causal_vae", "data.use_image_num=2")
+    # 13 frames -> 1 + 12/2 = 7 latent frames with the test VAE's factor 2: tubelet 7 fits, 2 does not
+    with pytest.raises(ConfigError, match="7 latent frames .* not divisible by model.tubelet_size=2"):
+        vae_cfg("causal_vae", "data.frames=13", "model.patch_embed=tubelet", "model.tubelet_size=2")

@@ -59,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps({"run_dir": str(run_dir), **{k: v for k, v in last.items() if k != "time"}}))
     if trainer.stopped_by:
         print(f"moviola: stopped by {trainer.stopped_by} at step {trainer.step}; checkpoint written; "
-              f"continue with: moviola train --resume --run-dir {run_dir}", file=sys.stderr)
+              f"continue with: moviola {args.command} --resume --run-dir {run_dir}", file=sys.stderr)
         return 128 + signal.Signals[trainer.stopped_by].value
     return 0
 
@@ -98,7 +98,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     labels = None
     if args.label:
         labels = [y for y in args.label for _ in range(args.num_videos)]
-    elif "labels" in pipe.accepts:
+    elif "labels" in pipe.accepts and prompts is None:
         labels = [i % pipe.model.num_classes for i in range(args.num_videos)]
     if prompts is not None:
         prompts = [p for p in prompts for _ in range(args.num_videos)]

@@ -285,8 +285,14 @@ class RunConfig:
                               "(per-frame patches have tubelet_size 1)")
         if m.tubelet_size < 1:
             raise ConfigError(f"model.tubelet_size must be at least 1 (got {m.tubelet_size})")
-        if d.frames % m.tubelet_size:
-            raise ConfigError(f"data.frames={d.frames} is not divisible by model.tubelet_size={m.tubelet_size}")
+        tf = autoencoder_temporal_factor(self.autoencoder)
+        latent_frames = d.frames if tf == 1 else 1 + (d.frames - 1) // tf  # what the model sees
+        if latent_frames % m.tubelet_size:
+            raise ConfigError(f"{latent_frames} {'latent ' if tf > 1 else ''}frames (data.frames={d.frames}) are not "
+                              f"divisible by model.tubelet_size={m.tubelet_size}")
+        if d.use_image_num and tf > 1:
+            raise ConfigError("data.use_image_num (joint image training) with a causal VAE is not supported: its "
+                              "latent frames each cover several frames, so single images cannot be appended")
         dims = resolve_model_dims(m)
         if m.temporal_pos == "rope" and (dims.hidden_size // dims.num_heads) % 2:
             raise ConfigError(f"model.temporal_pos=rope needs an even head width; hidden_size/num_heads = "

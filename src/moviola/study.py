@@ -17,8 +17,10 @@ an interrupted one resumed, so a study can be stopped and restarted at any point
 EMA weights by the Moving Shapes rules (cached in the run as ``study_eval.json``, keyed by the
 settings and the step), and writes into ``out_dir``: ``README.md`` (the table, the settings and
 the command), ``results.json``, ``loss.png`` (training loss curves) and ``scores.png`` (accuracy
-per variant). A run directory that holds a different config than the study asks for is an error,
-never silently reused.
+per variant). A run directory that holds a different config than the study asks for, or more
+steps than its budget, is an error, never silently reused. Raising ``steps`` continues each run
+from its last checkpoint; with ``train.lr_schedule: cosine`` that changes the schedule's length
+mid-run (the shipped studies use a constant rate).
 """
 from __future__ import annotations
 
@@ -157,7 +159,10 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
                               "asks for now; delete that run directory (or rename the study) to retrain it")
         kept = list_checkpoints(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else []
         last_step = int(kept[-1].name.split("_")[-1]) if kept else 0
-        if last_step >= study.steps:
+        if last_step > study.steps:
+            raise ConfigError(f"{run_dir} has trained {last_step} steps, more than the study's budget of {study.steps}: "
+                              "its scores would not be those of the budget; raise steps or delete the run directory")
+        if last_step == study.steps:
             log(f"study {study.name}: {v.name}: trained ({last_step} steps), reused")
         else:
             log(f"study {study.name}: {v.name}: {'resuming at step ' + str(last_step) if kept else 'training'}")
@@ -176,6 +181,7 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
 
 
 def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log) -> dict:
+    from moviola.config import autoencoder_latent_channels
     from moviola.eval.shapes_eval import evaluate_checkpoint
     from moviola.models.registry import build_model
     from moviola.training.checkpoint import list_checkpoints
@@ -201,7 +207,7 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
     tail = [loss for _, loss in losses[-max(1, len(losses) // 10):]]
     speeds = sorted(r["it_s"] for r in rows if "it_s" in r)
-    params = sum(p.numel() for p in build_model(cfg.model, 3 if cfg.autoencoder.kind == "identity" else 4).parameters())
+    params = sum(p.numel() for p in build_model(cfg.model, autoencoder_latent_channels(cfg.autoencoder)).parameters())
     return {"name": v.name, "config": v.config, "set": list(v.set), "run_dir": str(run_dir), "step": step,
             "params": params, "final_loss": sum(tail) / len(tail) if tail else None,
             "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores}

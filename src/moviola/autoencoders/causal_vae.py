@@ -433,7 +433,8 @@ class CausalVAE(Autoencoder):
 
     @staticmethod
     def _sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        # drawn on the CPU (where the trainer's generators live), then moved: the same noise on any device
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
         return mean + torch.exp(0.5 * logvar) * noise
 
     # ---------------------------------------------------------------- normalization

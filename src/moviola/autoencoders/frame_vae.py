@@ -67,7 +67,7 @@ class FrameVAE(Autoencoder):
         dist = self.vae.encode(frames).latent_dist
         z = dist.mean
         if sample:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)  # CPU generator, any device
             z = z + dist.std * noise
         recon = self.vae.decode(z).sample
         return AutoencoderOutput(self._unframes(recon, B, T), self._unframes(dist.mean, B, T),

@@ -312,7 +312,7 @@ class TemporalDecoderVAE(Autoencoder):
             dist = self.base.vae.encode(frames).latent_dist
         z = dist.mean
         if sample:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)  # CPU generator, any device
             z = z + dist.std * noise
         recon = self._decode_frames(z, T)
         return AutoencoderOutput(self.base._unframes(recon, B, T), self.base._unframes(dist.mean, B, T),

@@ -93,11 +93,20 @@ def encoder_width(name: str) -> int:
     raise TextEncoderError(f"cannot tell the width of text encoder {name!r} from its config.json")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                    "merges.txt", "spiece.model")
+
+
 def encoder_fingerprint(path: Path) -> str:
-    """A hash of an encoder's content: its config and weight files (names, sizes and bytes)."""
+    """A hash of an encoder's content: its config, weight and tokenizer files (names, sizes and bytes)."""
     h = hashlib.sha256()
     files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in
                                                                   (".safetensors", ".bin", ".model")))
+    try:
+        tok = _tokenizer_dir(path)
+        files += sorted(p for p in tok.iterdir() if p.name in _TOKENIZER_FILES and p not in files)
+    except TextEncoderError:
+        pass  # no tokenizer: the encoder will refuse to load anyway
     for p in files:
         h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
         with open(p, "rb") as f:

@@ -6,9 +6,9 @@ encoded on first use (the posterior mean, normalized as the diffusion model sees
 to ``<cache>/latents/<key>/<i>.safetensors`` (atomically); later epochs and later runs read it.
 
 The key hashes the autoencoder's weights and normalization (its state dict and scale/shift), the
-data config (dataset, root, size, frames, stride, seed, count, bounce) and the files' contents are
-not re-hashed per item — a folder dataset's key includes each file's name, size and modification
-time, so an edited file is a different key. Items are deterministic (no random offset, no
+data config (dataset, root, size, frames, stride, seed, count, bounce) and, for a folder, each
+file's name, size and modification time (an edited file is a different key) and the caption
+file's entries (captions and labels are stored with the latents). Items are deterministic (no random offset, no
 sampling), which the trainer's exact-resume contract needs anyway.
 """
 from __future__ import annotations
@@ -38,6 +38,8 @@ def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
     for f in getattr(dataset, "files", []):  # a folder: names, sizes and modification times of its files
         st = Path(f).stat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    # captions and labels are stored with each latent: an edited caption file is another key
+    h.update(json.dumps(getattr(dataset, "captions", {}), sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 

@@ -6,8 +6,8 @@ The protocol (``fvd2048_16f``), each choice a parameter:
   ``stride``-th frame (1; StyleGAN-V's ``_subsample8f`` variants use 8);
 - the **real** set is the first ``clips`` usable videos of the folder in sorted file order, each
   cut at a **random offset** (seeded: a pure function of ``seed`` and the video's position);
-  videos shorter than a clip are skipped and counted (``discard_short_videos``), as are files
-  that do not decode;
+  videos shorter than ``frames × stride`` are skipped and counted (StyleGAN-V's
+  ``discard_short_videos`` rule), as are files that do not decode;
 - the **generated** set is the first ``clips`` usable videos, each cut at frame 0;
 - frames are optionally centre-cropped and resized to ``resolution`` (Latte: 256) before the
   detector, which sees uint8 ``(B, 3, T, H, W)`` and does its own resize to 224;
@@ -67,6 +67,7 @@ def iter_clips(files: list[Path], clips: int, frames: int, stride: int = 1, rand
     from moviola.video import VideoDecodeError, read_video
 
     span = (frames - 1) * stride + 1  # source frames one clip covers
+    needed = frames * stride  # StyleGAN-V discards videos shorter than frames × stride (not span)
     skipped = Counter() if skipped is None else skipped
     n = 0
     for path in files:
@@ -77,8 +78,8 @@ def iter_clips(files: list[Path], clips: int, frames: int, stride: int = 1, rand
         except (VideoDecodeError, OSError):  # (FileNotFoundError is an OSError)
             skipped["unreadable"] += 1
             continue
-        if video.shape[0] < span:
-            skipped[f"shorter than {span} frames"] += 1
+        if video.shape[0] < needed:
+            skipped[f"shorter than {needed} frames"] += 1
             continue
         start = _offset(seed, n, video.shape[0] - span) if random_offset else 0
         clip = video[start:start + span:stride]
@@ -99,9 +100,9 @@ def _crop_resize(clip: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square and resize to ``size`` (Latte's evaluation preprocessing), uint8 in and out."""
     from moviola.data.transforms import resize_and_crop
 
-    x = torch.from_numpy(clip).permute(3, 0, 1, 2).float()  # (3, T, H, W)
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, H, W) in [-1, 1], its range
     x = resize_and_crop(x, size)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # (T, S, S, 3)
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # (T, S, S, 3)
 
 
 def clip_stats(clips: Iterator[np.ndarray], detector: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 16,

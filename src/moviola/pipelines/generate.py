@@ -5,7 +5,9 @@
 (text and image conditioned) returns videos ``(B, C, T, H, W)`` in [-1, 1].
 
 Guidance compares against the null condition: the empty prompt "" for text (or the negative
-prompt, when one is given), the null class for labels, "no frame given" for context frames.
+prompt, when one is given), the null class for labels. Given frames (image-to-video) stay in the
+unconditional branch when there is a prompt or a class to guide on, and are nulled ("no frame
+given") only when they are the sole condition.
 
 Image-to-video (a model with ``context_frames``): the given image becomes frame 0. It is
 resized to cover the frame size keeping its aspect ratio, then centre-cropped (the rule of the
@@ -97,6 +99,10 @@ class Pipeline:
         if isinstance(image, (str, Path)):
             frame = from_uint8(read_image(image)[None])[:, 0]  # (3, H', W')
         elif isinstance(image, torch.Tensor):
+            if not image.is_floating_point() or image.numel() and (image.min() < -1.001 or image.max() > 1.001):
+                raise ValueError("an image tensor must be float in [-1, 1] (got "
+                                 f"{image.dtype}{'' if not image.numel() else f' in [{float(image.min()):.3g}, {float(image.max()):.3g}]'}); "
+                                 "uint8 or [0, 1] images: x / 127.5 - 1 or 2x - 1")
             frame = image.float()
             if frame.dim() == 4 and frame.shape[1] == 1:  # (3, 1, H, W): a one-frame video
                 frame = frame[:, 0]
@@ -159,6 +165,9 @@ class Pipeline:
         latent = self.autoencoder.latent_shape(frames, H, W)
 
         parts: list[tuple[Conditioning, Conditioning]] = []
+        if prompt is not None and "text" not in self.accepts:  # before "pass labels": say what is wrong first
+            raise ValueError("this model does not take text: do not pass a prompt"
+                             + (" (it is class-conditional: pass labels)" if "labels" in self.accepts else ""))
         if labels is not None:
             parts.append(self._label_conditioning(labels))
         elif "labels" in self.accepts:
@@ -170,7 +179,11 @@ class Pipeline:
         elif negative_prompt is not None:
             raise ValueError("a negative prompt needs a prompt")
         if images is not None:
-            parts.append(self._image_conditioning(images, n, frames, H, W, latent))
+            image_cond, image_null = self._image_conditioning(images, n, frames, H, W, latent)
+            # with a prompt or a class, guidance is on those and the unconditional branch keeps the frame
+            # (trained whenever the caption or class is dropped and the frame is not: p·(1 − p_ctx) of
+            # the batches, against p·p_ctx for nulling both); with nothing else, guidance is on the frame
+            parts.append((image_cond, image_cond if parts else image_null))
         cond_all = _merge([p[0] for p in parts])
         uncond_all = _merge([p[1] for p in parts])
         guided = bool(parts)

@@ -333,6 +333,9 @@ class Trainer:
             if cfg.data.use_image_num:
                 raise ConfigError("data.latent_cache with data.use_image_num is not supported: the extra image "
                                   "frames are read as pixels; turn one of them off")
+            if cfg.data.num_workers and self.device.type == "cuda":
+                raise ConfigError("data.latent_cache encodes in the data loader, and CUDA cannot run in forked "
+                                  "DataLoader workers: set data.num_workers=0 (the cached latents are cheap to read)")
             from moviola.data.latent_cache import LatentCache
 
             self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device)
