@@ -99,6 +99,7 @@ def test_eval_vae_cli_on_shapes_and_on_a_folder_with_a_broken_file(tmp_path, cap
                  "--size", "32", "--json", str(tmp_path / "f.json")]) == 0
     f = json.loads((tmp_path / "f.json").read_text())
     assert f["clips"] == 3 and f["skipped"] == {"unreadable": 1}
+    assert [r["clip"] for r in f["per_clip"]] == ["000000.mp4", "000001.mp4", "000002.mp4"]
     capsys.readouterr()
     assert main(["eval-vae", str(tmp_path / "vae"), "--shapes", "2", "--frames", "6", "--size", "32"]) == 2
     assert "6 frames" in capsys.readouterr().err  # the 1 + f·k rule, before any decoding

@@ -52,6 +52,7 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
     t0 = time.perf_counter()
     n = 0
     batch: list[torch.Tensor] = []
+    names: list[str] = []
 
     def flush() -> None:
         x = torch.stack(batch).to(dev)
@@ -68,6 +69,7 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
         if item is None:
             continue
         batch.append(item["video"])
+        names.append(data.files[i].name if hasattr(data, "files") else f"test-{i:05d}")
         n += 1
         if len(batch) == batch_size:
             flush()
@@ -77,5 +79,6 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
         skipped = dict(data.skipped)  # at init (probing headers) and while reading
     if n == 0:
         raise ValueError(f"no clip to evaluate in {source} (skipped: {skipped})")
+    per_clip = [{"clip": name, **{k: v[i] for k, v in rows.items()}} for i, name in enumerate(names)]
     return {"autoencoder": str(path), "source": source, "clips": n, "frames": frames, "size": size,
-            "skipped": skipped, **summarize(rows), "seconds": time.perf_counter() - t0}
+            "skipped": skipped, **summarize(rows), "seconds": time.perf_counter() - t0, "per_clip": per_clip}
