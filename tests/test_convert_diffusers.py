@@ -155,3 +155,27 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path, capsys):
     assert main(["convert", "to-diffusers", str(tmp_path / "ours"), str(tmp_path / "latte")]) == 2
     err = capsys.readouterr().err
     assert "variant=2" in err and "injection='adaln'" in err and "caption_channels" in err
+
+
+def test_a_converted_pipeline_root_samples_from_prompts_with_its_own_text_encoder(tmp_path, tiny_bert_dir):
+    """A Latte-1-shaped pipeline root (transformer/, vae/, text_encoder/, tokenizer/) converts into a
+    checkpoint whose config names that text encoder, and moviola samples it from a prompt."""
+    import shutil
+
+    import transformers
+    from diffusers import AutoencoderKL
+
+    root = tmp_path / "Latte-1"
+    random_diffusers().save_pretrained(root / "transformer")
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4).save_pretrained(
+        root / "vae")
+    t5 = transformers.T5Config(vocab_size=32, d_model=12, d_kv=6, d_ff=24, num_layers=1, num_heads=2)
+    transformers.T5EncoderModel(t5).save_pretrained(root / "text_encoder")
+    shutil.copytree(tiny_bert_dir, root / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    assert main(["convert", "diffusers-latte", str(root), str(tmp_path / "ours")]) == 0
+    cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert cfg["text"]["encoder"] == str((root / "text_encoder").absolute()) and cfg["text"]["max_length"] == 120
+    pipe = moviola.load_pipeline(tmp_path / "ours", device="cpu")
+    video = pipe(prompt=["a red circle moving right"], num_frames=2, height=16, width=16, steps=2, cfg=2.0)
+    assert video.shape == (1, 3, 2, 16, 16) and torch.isfinite(video).all()

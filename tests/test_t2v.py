@@ -222,7 +222,7 @@ def test_widened_warm_start_leaves_the_old_model_unchanged_for_any_context(tmp_p
 
 
 def test_the_encoder_width_must_match_caption_channels(tiny_bert_dir, tmp_path):
-    with pytest.raises(ConfigError, match="set model.caption_channels=24"):
+    with pytest.raises(ConfigError, match="model.caption_channels=24"):
         Trainer(load_config(overrides=tiny(tiny_bert_dir, "model.caption_channels=16")), tmp_path / "r", quiet=True)
 
 

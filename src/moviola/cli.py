@@ -222,7 +222,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
                                        base_config=args.config)
     elif args.source == "diffusers-latte":
-        out = convert.import_diffusers(args.src, args.out, vae=args.vae)
+        out = convert.import_diffusers(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
     else:
         out = convert.export_diffusers(args.src, args.out, weights=args.weights)
     print(f"wrote {out}")
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("src", help="its save_pretrained directory (or a pipeline root with transformer/)")
     cd.add_argument("out", help="output checkpoint directory")
     cd.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside transformer/)")
+    cd.add_argument("--text-encoder", help="the T5 encoder directory (default: text_encoder/ beside transformer/, "
+                                           "if there is one)")
     cd.set_defaults(fn=_cmd_convert)
     ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
     ce.add_argument("src", help="a checkpoint directory or a run directory")

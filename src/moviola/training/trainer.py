@@ -108,7 +108,9 @@ def build_text(cfg: RunConfig, device: torch.device):
         raise ConfigError(str(e)) from None
     if text.dim != cfg.model.caption_channels:
         raise ConfigError(f"model.caption_channels={cfg.model.caption_channels} but text encoder {cfg.text.encoder} "
-                          f"gives {text.dim}-wide embeddings: set model.caption_channels={text.dim}")
+                          f"gives {text.dim}-wide embeddings: set text.encoder to the encoder this model was trained "
+                          f"with (a converted Latte-1 wants its T5: the pipeline's text_encoder/ directory), or, for "
+                          f"a new model, model.caption_channels={text.dim}")
     return text
 
 

@@ -156,15 +156,20 @@ def _read_diffusers_dir(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, sd
 
 
-def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Optional[Union[str, Path]] = None) -> Path:
+def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Optional[Union[str, Path]] = None,
+                     text_encoder: Optional[Union[str, Path]] = None) -> Path:
     """``moviola convert diffusers-latte SRC OUT``: a diffusers Latte-1 transformer -> a checkpoint directory.
 
-    ``vae`` defaults to the ``vae/`` folder beside ``transformer/`` in a pipeline directory.
+    ``vae`` and ``text_encoder`` default to the ``vae/`` and ``text_encoder/`` folders beside
+    ``transformer/`` in a pipeline directory; the checkpoint then samples from prompts (T5, 120
+    tokens, as Latte-1). Without a text encoder it still converts; set ``text.encoder`` later.
     """
     src = Path(src)
     config, sd = _read_diffusers_dir(src)
+    root = src.parent if (src / "config.json").is_file() and src.name == "transformer" else src
+    if text_encoder is None and (root / "text_encoder" / "config.json").is_file():
+        text_encoder = root / "text_encoder"
     if vae is None:
-        root = src.parent if (src / "config.json").is_file() and src.name == "transformer" else src
         vae = root / "vae"
         if not (vae / "config.json").is_file():
             raise CheckpointError(f"no VAE found at {vae}: give --vae DIR (a diffusers AutoencoderKL directory)")
@@ -177,6 +182,8 @@ def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Opti
             "diffusion": {"schedule": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
                           "prediction": "eps", "timestep_spacing": "leading"},
             "sample": {"sampler": "ddim", "steps": 50, "cfg": 7.5}}
+    if text_encoder is not None:
+        tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 120}
     return write_checkpoint_dir(out_dir, load_config(data=tree), out)
 
 
