@@ -580,3 +580,60 @@ def test_guided_model_fn_in_sampler():
     x = sample(fn, NoiseSchedule.from_name("linear"), SHAPE, sampler="ddpm", steps=4, learned_sigma=True,
                generator=torch.Generator().manual_seed(0))
     assert x.shape == SHAPE and torch.isfinite(x).all()
+
+
+def _dpm_reference(betas_ab, timesteps, prediction, final="zero", seed=0, steps_lof=True):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
+                                        solver_type="midpoint", lower_order_final=steps_lof,
+                                        final_sigmas_type=final,
+                                        prediction_type={"eps": "epsilon", "v": "v_prediction"}[prediction])
+    sched.alphas_cumprod = betas_ab.to(F64).clone()  # float64 schedule, as the other parity tests
+    sched.alpha_t = sched.alphas_cumprod.sqrt()
+    sched.sigma_t = (1 - sched.alphas_cumprod).sqrt()
+    sched.lambda_t = sched.alpha_t.log() - sched.sigma_t.log()
+    sched.set_timesteps(timesteps=timesteps)
+    # diffusers stores its sigmas in float32; recompute them in float64 so the test compares the algorithm
+    ab_t = betas_ab.to(F64)[torch.tensor(timesteps)]
+    sched.sigmas = torch.cat([((1 - ab_t) / ab_t).sqrt(), torch.zeros(1, dtype=F64)])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(SHAPE, generator=g, dtype=F64)
+    # diffusers' step() casts the sample to float32; its update formulas are called directly here, in
+    # float64, with step()'s order logic (first order first and last, second order between)
+    traj, outputs = [], []
+    n = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
+        sched._step_index = i
+        out = sched.convert_model_output(eps_fn(x, torch.full((SHAPE[0],), int(t))), sample=x)
+        outputs = [outputs[-1] if outputs else None, out]
+        if i == 0 or (i == n - 1 and (final == "zero" or (steps_lof and n < 15))):
+            x = sched.dpm_solver_first_order_update(out, sample=x)
+        else:
+            x = sched.multistep_dpm_solver_second_order_update(outputs, sample=x)
+        traj.append(x)
+    return traj
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpm_solver_pp_2m_matches_diffusers(name, prediction, steps):
+    betas = make_betas(name)
+    ab = torch.cumprod(1 - betas, 0)
+    timesteps = spaced_timesteps(steps, 1000, "leading")
+    ref = _dpm_reference(ab, timesteps, prediction)
+    ours = _ours(NoiseSchedule(betas), eps_fn, seed=0, sampler="dpm++2m", steps=steps, prediction=prediction)
+    _assert_same_trajectory(ours, ref)
+
+
+def test_dpm_solver_pp_2m_with_zero_terminal_snr_and_trailing_spacing():
+    """The zero-SNR end is floored at 2**-24 (diffusers does the same with rescale_betas_zero_snr)."""
+    sched = NoiseSchedule.from_name("cosine", zero_terminal_snr=True)
+    ab = sched.alphas_cumprod.clone()
+    assert ab[-1] == 0
+    ab[-1] = 2.0 ** -24
+    timesteps = spaced_timesteps(20, 1000, "trailing")
+    ref = _dpm_reference(ab, timesteps, "v")
+    ours = _ours(sched, eps_fn, seed=0, sampler="dpm++2m", steps=20, prediction="v", timestep_spacing="trailing")
+    _assert_same_trajectory(ours, ref)

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
                                    "image-to-video; resized to cover the frame size, centre-cropped")
     s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
-    s.add_argument("--sampler", choices=["ddim", "ddpm"])
+    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"])
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--per-class", type=int, default=1)
     es.add_argument("--steps", type=int, default=50)
     es.add_argument("--cfg", type=float)
-    es.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    es.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"], default="ddim")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--device", default=None)
     es.add_argument("--csv", help="write one row per video here")

@@ -176,7 +176,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = "ddim"  # dpm++2m: DPM-Solver++(2M), ~20 steps
     steps: int = 50
     cfg: float = 4.0
     eta: float = 0.0

@@ -1,4 +1,4 @@
-"""DDPM (ancestral) and DDIM samplers over a respaced schedule.
+"""DDPM (ancestral), DDIM and DPM-Solver++(2M) samplers over a respaced schedule.
 
 ``sample`` picks ``steps`` timesteps (diffusers' ``timestep_spacing``). It respaces the schedule
 to them (IDDPM) and walks the respaced indices from the last to 0, calling
@@ -13,6 +13,12 @@ The same seed therefore reproduces a diffusers trajectory (tests/test_diffusion.
   1e-20 there (so 1e-10 noise), and with a learned range a noise we do not add.
 - DDIM with eta > 0 draws at every step, as diffusers does.
 
+DPM-Solver++(2M) (Lu et al. 2022; diffusers' ``DPMSolverMultistepScheduler`` with
+``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"``) is deterministic
+and second order in log-SNR: a multistep update from the model's x0 estimates at this and the
+previous step, first order at the first step and at the last (to the clean sample, or with fewer
+than 15 steps, ``lower_order_final``). It reaches DDIM-50 quality in about 20 steps.
+
 The final DDIM step goes to alpha_cumprod = 1 (``final_alpha="one"``: IDDPM, and diffusers'
 ``set_alpha_to_one=True``). ``final_alpha="first"`` goes to ``alphas_cumprod[0]`` instead
 (diffusers' ``set_alpha_to_one=False``, LDM / VideoCrafter DDIM).
@@ -26,7 +32,8 @@ import torch
 from moviola.diffusion.schedule import (PREDICTIONS, NoiseSchedule, TimestepLike, broadcast_timesteps,
                                         convert_prediction, randn, randn_like, spaced_timesteps)
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++2m")
+ZTSNR_FLOOR = 2.0 ** -24  # DPM-Solver needs log(alpha / sigma) finite: a zero-SNR end is floored here, as diffusers
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -91,6 +98,52 @@ def ddim_step(
             noise = randn_like(x_t, generator)
         x_prev = x_prev + _cast(sigma, x_t) * noise
     return StepOutput(x_prev, pred_x0)
+
+
+def dpm_solver_pp_2m_step(
+    model_output: torch.Tensor,
+    x_s: torch.Tensor,
+    alpha_cumprod_s: Union[float, torch.Tensor],
+    alpha_cumprod_t: Union[float, torch.Tensor],
+    history: Optional[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    prediction: str = "eps",
+    first_order: bool = False,
+    clip_x0: Optional[float] = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One DPM-Solver++(2M) step from noise level ``alpha_cumprod_s`` to ``alpha_cumprod_t`` (< noise).
+
+    With ``λ = log(α/σ)``, ``h = λ_t − λ_s`` and the x0 estimate D0 (and D1 = (D0 − D0_prev) / r,
+    r = (λ_s − λ_prev) / h, from the previous step in ``history``)::
+
+        x_t = (σ_t / σ_s) x_s − α_t (e^{−h} − 1) (D0 + D1 / 2)      (D1 dropped when first order)
+
+    A step to σ_t = 0 returns the x0 estimate. Returns ``(x_t, x0 estimate, new history)``.
+    """
+    if model_output.shape != x_s.shape:
+        raise ValueError(f"dpm_solver_pp_2m_step takes the mean prediction shaped like x {tuple(x_s.shape)}; "
+                         f"got {tuple(model_output.shape)}")
+    _check_prediction(prediction)
+    ab_s = _as_float64(alpha_cumprod_s, x_s).clamp(min=ZTSNR_FLOOR)
+    ab_t = _as_float64(alpha_cumprod_t, x_s)
+    ab_t = torch.where(ab_t < 1, ab_t.clamp(min=ZTSNR_FLOOR), ab_t)
+    pred_x0 = convert_prediction(model_output, prediction, "x0", x_s, ab_s)
+    if clip_x0 is not None:
+        pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
+    alpha_s, sigma_s = ab_s.sqrt(), (1 - ab_s).sqrt()
+    alpha_t, sigma_t = ab_t.sqrt(), (1 - ab_t).sqrt()
+    lam_s = alpha_s.log() - sigma_s.log()
+    if bool((sigma_t == 0).all()):  # the last step to the clean sample
+        return pred_x0, pred_x0, (pred_x0, lam_s)
+    lam_t = alpha_t.log() - sigma_t.log()
+    h = lam_t - lam_s
+    d = pred_x0
+    if history is not None and not first_order:
+        prev_x0, lam_prev = history
+        r = (lam_s - lam_prev) / h
+        d = pred_x0 + _cast(0.5 / r, x_s) * (pred_x0 - prev_x0)
+    x_t = _cast(sigma_t / sigma_s, x_s) * x_s - _cast(alpha_t * torch.expm1(-h), x_s) * d
+    return x_t, pred_x0, (pred_x0, lam_s)
 
 
 def ddpm_step(
@@ -188,6 +241,7 @@ def sample(
     final_ab = torch.ones((), dtype=torch.float64) if final_alpha == "one" else schedule.alphas_cumprod[0]
 
     indices = list(range(sub.num_timesteps))[::-1]
+    history = None  # DPM-Solver++: (x0 estimate, lambda) of the previous step
     if progress:
         from tqdm.auto import tqdm
         indices = tqdm(indices, desc=f"{sampler} sampling")
@@ -197,6 +251,13 @@ def sample(
         if sampler == "ddpm":
             x, pred_x0 = ddpm_step(sub, out, x, idx, prediction=prediction, learned_sigma=learned_sigma,
                                    generator=generator, clip_x0=clip_x0)
+        elif sampler == "dpm++2m":
+            mean = out[:, :C] if learned_sigma else out
+            ab_next = sub.alphas_cumprod[idx - 1] if idx > 0 else final_ab
+            first_order = i == 0 or (idx == 0 and len(indices) < 15)
+            x, pred_x0, history = dpm_solver_pp_2m_step(mean, x, sub.alphas_cumprod[idx], ab_next, history,
+                                                        prediction=prediction, first_order=first_order,
+                                                        clip_x0=clip_x0)
         else:
             mean = out[:, :C] if learned_sigma else out
             ab_prev = sub.alphas_cumprod[idx - 1] if idx > 0 else final_ab
