@@ -293,6 +293,9 @@ def _plot_scores(out: dict, path: Path) -> None:
     for j, (key, label) in enumerate(keys):
         vals = [100 * (r["scores"].get("all", {}).get(key) or 0) for r in out["variants"]]
         ax.bar([i + (j - (len(keys) - 1) / 2) * width for i in range(len(names))], vals, width, label=label)
+    for level, label in ((25, "chance: colour, direction"), (100 / 3, "chance: shape")):
+        ax.axhline(level, color="grey", linestyle=":", linewidth=0.8)
+        ax.text(len(names) - 0.5, level + 0.8, label, ha="right", fontsize=7, color="grey")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("% of videos (Moving Shapes scorer)")
