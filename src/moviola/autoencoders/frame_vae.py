@@ -41,7 +41,8 @@ class FrameVAE(Autoencoder):
                 raise FileNotFoundError(
                     f"no diffusers AutoencoderKL at {path}: expected {path}/config.json (or a vae/ "
                     "subfolder), e.g. a local copy of stabilityai/sd-vae-ft-ema")
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        # low_cpu_mem_usage=False: the same load, without diffusers' advice to install accelerate on every call
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
         return cls(vae, **kwargs)
 
     @classmethod
