@@ -249,9 +249,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if is_vae_run(config_from_json(resolve_checkpoint(args.checkpoint) / "config.json")):
         out = export_autoencoder(args.checkpoint, args.out, weights=args.weights)
-        size = sum(f.stat().st_size for f in out.iterdir())
-        print(f"wrote {out} ({size / 1e6:.1f} MB, the autoencoder with its measured latent normalization; "
-              f"use it as autoencoder.path)")
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        kind = json.loads((out / "config.json").read_text()).get("_class_name", "")
+        norm = ("the base VAE's latent normalization, unchanged" if kind == "TemporalDecoderVAE"
+                else "its latent normalization measured on training data")
+        print(f"wrote {out} ({size / 1e6:.1f} MB, {norm}; use it as autoencoder.path)")
         return 0
     out = export_checkpoint(args.checkpoint, args.out, weights=args.weights, dtype=args.dtype)
     size = sum(f.stat().st_size for f in out.iterdir())
