@@ -33,9 +33,11 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
     ae.latent_shape(frames, size, size)  # the frame-count rule and the size rule, before any decoding
     skipped: dict = {}
     if shapes is not None:
-        from moviola.data.shapes import MovingShapes
+        from moviola.data.shapes import MovingShapes, max_frames_without_bounce
 
-        data = MovingShapes(split="test", count=shapes, size=size, frames=frames, bounce=frames > 16, cache=False)
+        # bouncing only when the clip is too long for the object to cross the frame once (the training data's rule)
+        data = MovingShapes(split="test", count=shapes, size=size, frames=frames,
+                            bounce=frames > max_frames_without_bounce(size), cache=False)
         source = f"Moving Shapes test split, {shapes} clips"
     else:
         from moviola.data.folders import VideoFolder
