@@ -160,7 +160,7 @@ def test_latent_cache_encodes_each_clip_once_and_trains_like_encoding_every_step
     plain.train()
     cached = Trainer(load_config(overrides=[*base, "data.latent_cache=true"]), tmp_path / "cached", quiet=True)
     cached.train()
-    assert cached.dataset.encoded == 6  # 4 steps × 3 clips = 2 epochs of 6: each clip encoded once
+    assert cached.dataset.encoded == 6  # filled up front, in batches: each clip encoded once
     for (k, a), (_, b) in zip(plain.model.state_dict().items(), cached.model.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
     again = Trainer(load_config(overrides=[*base, "data.latent_cache=true"]), tmp_path / "again", quiet=True)

@@ -63,9 +63,40 @@ class LatentCache(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
+    def fill(self, batch_size: int = 16, progress: bool = False) -> int:
+        """Encode every item not cached yet, ``batch_size`` at a time (much faster than one by one
+        in the first epoch); returns how many were encoded."""
+        from tqdm import tqdm
+
+        missing = [i for i in range(len(self)) if not (self.dir / f"{i}.safetensors").is_file()]
+        for start in tqdm(range(0, len(missing), batch_size), disable=not progress, desc="latent cache"):
+            idx = missing[start:start + batch_size]
+            raws = [self.dataset[i] for i in idx]
+            with torch.no_grad():
+                latents = self.autoencoder.encode(torch.stack([r["video"] for r in raws]).to(self.device)).float().cpu()
+            for i, raw, latent in zip(idx, raws, latents):
+                self._store(i, latent, raw)
+        return len(missing)
+
+    def _store(self, index: int, latent: torch.Tensor, raw: dict) -> dict:
+        from safetensors.torch import save_file
+
+        self.encoded += 1
+        item = {"latent": latent, "label": torch.as_tensor(raw.get("label", -1)).long(), "caption": raw.get("caption", "")}
+        path = self.dir / f"{int(index)}.safetensors"
+        meta = torch.frombuffer(bytearray(json.dumps({"caption": item["caption"]}).encode()), dtype=torch.uint8)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"latent": latent.contiguous(), "label": item["label"].reshape(()), "_meta": meta}, str(tmp))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full or read-only cache disk costs speed, not the run
+        return item
+
     def __getitem__(self, index: int) -> dict:
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         path = self.dir / f"{int(index)}.safetensors"
         item = None
@@ -81,14 +112,4 @@ class LatentCache(Dataset):
         raw = self.dataset[index]
         with torch.no_grad():
             latent = self.autoencoder.encode(raw["video"][None].to(self.device))[0].float().cpu()
-        self.encoded += 1
-        item = {"latent": latent, "label": torch.as_tensor(raw.get("label", -1)).long(), "caption": raw.get("caption", "")}
-        meta = torch.frombuffer(bytearray(json.dumps({"caption": item["caption"]}).encode()), dtype=torch.uint8)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"latent": latent.contiguous(), "label": item["label"].reshape(()), "_meta": meta}, str(tmp))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a full or read-only cache disk costs speed, not the run
-        return item
+        return self._store(index, latent, raw)

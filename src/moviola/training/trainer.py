@@ -341,6 +341,9 @@ class Trainer:
             from moviola.data.latent_cache import LatentCache
 
             self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device)
+            filled = self.dataset.fill(cfg.train.batch_size, progress=not self.quiet)  # batched: fast
+            if filled:
+                self.log(f"latent cache: encoded {filled} clips into {self.dataset.dir}")
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg.model, self.autoencoder.latent_channels).to(self.device)
         if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
