@@ -261,32 +261,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_args(p: argparse.ArgumentParser, example: str) -> None:
+    """The arguments of a training run, shared by ``train`` and ``train-vae`` (both run ``_cmd_train``)."""
+    p.add_argument("config", nargs="?", help=f"YAML config (e.g. {example})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
+    p.add_argument("--run-dir", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="shorthand for --set train.precision=...")
+    p.add_argument("--steps", type=int, help="shorthand for --set train.steps=...")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a denoiser from a YAML config")
-    t.add_argument("config", nargs="?", help="YAML config (e.g. configs/shapes/latte-tiny.yaml)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
-    t.add_argument("--run-dir", help="run directory (default runs/<config name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="shorthand for --set train.precision=...")
-    t.add_argument("--steps", type=int, help="shorthand for --set train.steps=...")
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    t.add_argument("--quiet", action="store_true")
+    _add_run_args(t, "configs/shapes/latte-tiny.yaml")
     t.add_argument("--init-from", metavar="PATH", help="an image DiT state dict (.pt): fills the frame-wise layers; or a moviola checkpoint directory: warm start from all its weights")
-    t.set_defaults(fn=_cmd_train)
 
-    tv = sub.add_parser("train-vae", help="train an autoencoder (frame VAE or causal 3-D VAE) from a YAML config")
-    tv.add_argument("config", nargs="?", help="YAML config (e.g. configs/shapes/causal-vae-32.yaml)")
-    tv.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    tv.add_argument("--run-dir", help="run directory (default runs/<config name>)")
-    tv.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
-    tv.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    tv.add_argument("--steps", type=int)
-    tv.add_argument("--device")
-    tv.add_argument("--quiet", action="store_true")
-    tv.set_defaults(fn=_cmd_train)
+    tv = sub.add_parser("train-vae", help="train an autoencoder (frame VAE, causal 3-D VAE, temporal decoder) "
+                                          "from a YAML config")
+    _add_run_args(tv, "configs/shapes/causal-vae-32.yaml")
     ev = sub.add_parser("eval-vae", help="PSNR, SSIM and temporal flicker of an autoencoder's reconstructions")
     ev.add_argument("autoencoder", help="an autoencoder directory (moviola export of a train-vae run, a diffusers "
                                         "AutoencoderKL) or a run directory")
