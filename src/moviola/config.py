@@ -103,6 +103,11 @@ class VAELossConfig:
     disc_channels: int = 64
     disc_layers: int = 3  # strided 3-D convolutions of the patch discriminator
     disc_lr_mult: float = 1.0  # discriminator learning rate = train.lr × this
+    # optional LPIPS perceptual loss (VGG16), from local files only: torchvision's vgg16 state dict and,
+    # for LPIPS's learned channel weights, the lpips package's vgg.pth (see training/perceptual.py)
+    perceptual_weight: float = 0.0  # 0 = off
+    perceptual_weights: tuple[str, ...] = ()  # the weight files (one file may hold both parts)
+    perceptual_frames: int = 0  # frames per clip the loss sees, drawn at random (0 = all)
     latent_stats_batches: int = 16  # batches the exported latent normalization is measured on
 
 
@@ -342,7 +347,8 @@ _RANGES: tuple[tuple[str, Optional[float], Optional[float]], ...] = (
     ("autoencoder.latent_channels", 1, None), ("autoencoder.norm_groups", 1, None), ("vae.kl_weight", 0, None),
     ("vae.adv_weight", 0, None), ("vae.adv_start", 0, None), ("vae.lecam_weight", 0, None),
     ("vae.lecam_decay", 0, 0.999999), ("vae.disc_channels", 1, None), ("vae.disc_layers", 1, 8),
-    ("vae.disc_lr_mult", 1e-12, None), ("vae.latent_stats_batches", 1, None),
+    ("vae.disc_lr_mult", 1e-12, None), ("vae.latent_stats_batches", 1, None), ("vae.perceptual_weight", 0, None),
+    ("vae.perceptual_frames", 0, None),
 )
 
 

@@ -4,7 +4,8 @@ The run mechanics are the diffusion trainer's (``Trainer``: run directory, resum
 exactly, SIGINT/SIGTERM checkpoints, the non-finite-step and disk-full rules, metrics.jsonl);
 this class replaces what is trained and how (the losses are in ``vae_losses.py``):
 
-    loss_G = rec + kl_weight · KL/pixels + [step ≥ adv_start] · adv_weight · λ · (−mean D(x̂))
+    loss_G = rec' + kl_weight · KL/pixels + [step ≥ adv_start] · adv_weight · λ · (−mean D(x̂)),
+    rec' = rec + perceptual_weight · LPIPS (optional, ``perceptual.py``; λ balances against rec')
     loss_D = [step ≥ adv_start] · (hinge(D(x), D(x̂)) + lecam_weight · LeCam)
 
 One AdamW holds two parameter groups (autoencoder; discriminator at ``lr × disc_lr_mult``): the
@@ -29,6 +30,7 @@ from moviola.autoencoders import build_autoencoder
 from moviola.config import ConfigError, RunConfig, to_dict
 from moviola.training.checkpoint import check_state_dict, load_weights, save_checkpoint
 from moviola.training.ema import EMA
+from moviola.training.perceptual import LPIPS, video_lpips
 from moviola.training.trainer import Trainer, batch_indices, collate, lr_at
 from moviola.training.vae_losses import (LeCam, PatchDiscriminator3D, adaptive_weight, generator_adv_loss,
                                          hinge_d_loss, kl_per_pixel, last_layer_weight, reconstruction_loss)
@@ -46,6 +48,15 @@ class VAETrainer(Trainer):
                               "--resume")
         if cfg.data.use_image_num:
             raise ConfigError("train-vae does not use data.use_image_num (images are one-frame videos already)")
+        v = cfg.vae
+        if v.perceptual_weight > 0:
+            if not v.perceptual_weights:
+                raise ConfigError("vae.perceptual_weight > 0 needs vae.perceptual_weights: local VGG16 weights "
+                                  "(torchvision's vgg16 state dict, e.g. vgg16-397923af.pth) and optionally LPIPS's "
+                                  "linear layers (the lpips package's weights/v0.1/vgg.pth); nothing is downloaded")
+            for p in v.perceptual_weights:
+                if not Path(p).is_file():
+                    raise ConfigError(f"vae.perceptual_weights: {p} is not a file")
         self.text = None
 
     def _build(self, init_from: Optional[str]) -> None:
@@ -61,6 +72,12 @@ class VAETrainer(Trainer):
         self.ema = EMA(self.model, cfg.train.ema_decay)
         self.disc = PatchDiscriminator3D(v.disc_channels, v.disc_layers).to(self.device) if v.adv_weight > 0 else None
         self.lecam = LeCam(v.lecam_decay).to(self.device)
+        self.perceptual = None
+        if v.perceptual_weight > 0:
+            self.perceptual = LPIPS.from_files(v.perceptual_weights).to(self.device)
+            self.log(f"perceptual loss: LPIPS on VGG16 from {list(v.perceptual_weights)}"
+                     f"{' with its linear layers' if self.perceptual.lin is not None else ' (unweighted channels)'}, "
+                     f"weight {v.perceptual_weight}")
         t = cfg.train
         groups = [{"params": trainable, "lr": t.lr, "name": "autoencoder"}]
         if self.disc is not None:
@@ -117,6 +134,11 @@ class VAETrainer(Trainer):
             kl = kl_per_pixel(out.mean.float(), out.logvar.float(), pixels)
             loss = rec + v.kl_weight * kl
             metrics = {"rec": rec.item(), "kl": kl.item()}
+            if self.perceptual is not None:
+                p_loss = video_lpips(self.perceptual, recon, video, v.perceptual_frames, g)
+                rec = rec + v.perceptual_weight * p_loss  # the adaptive weight balances against both, as in VQGAN
+                loss = loss + v.perceptual_weight * p_loss
+                metrics["lpips"] = p_loss.item()
             if adversarial:
                 self.disc.requires_grad_(False)  # the generator's loss must not train D
                 g_adv = generator_adv_loss(self.disc(recon).float())
