@@ -213,3 +213,28 @@ def test_causal_vae_configs_count_latent_frames():
     # 13 frames -> 1 + 12/2 = 7 latent frames with the test VAE's factor 2: tubelet 7 fits, 2 does not
     with pytest.raises(ConfigError, match="7 latent frames .* not divisible by model.tubelet_size=2"):
         vae_cfg("causal_vae", "data.frames=13", "model.patch_embed=tubelet", "model.tubelet_size=2")
+
+
+def test_exported_latent_model_finds_its_autoencoder_from_any_directory(tmp_path, monkeypatch):
+    """Trained with a relative autoencoder.path (as configs/shapes/* are), exported next to its VAE:
+    the export names the VAE relative to itself, so it loads and samples from another directory."""
+    project = tmp_path / "project"
+    (project / "checkpoints").mkdir(parents=True)
+    VAETrainer(vae_cfg("causal_vae"), tmp_path / "vae-run", quiet=True).train()
+    export_autoencoder(tmp_path / "vae-run", project / "checkpoints" / "vae")
+    monkeypatch.chdir(project)
+    cfg = load_config(overrides=["name=lat", "model.size=tiny", "model.patch_size=4", "model.hidden_size=32",
+                                 "model.depth=2", "model.num_heads=2", "model.num_classes=48",
+                                 "autoencoder.kind=causal_vae", "autoencoder.path=checkpoints/vae",
+                                 "autoencoder.chunk_frames=4", "data.size=32", "data.frames=5", "data.count=8",
+                                 "train.batch_size=2", "train.device=cpu", "train.precision=fp32", "train.steps=2",
+                                 "train.checkpoint_every=2", "sample.steps=2"])
+    Trainer(cfg, project / "runs" / "lat", quiet=True).train()
+    assert main(["export", "runs/lat", "checkpoints/lat"]) == 0
+    assert json.loads((project / "checkpoints" / "lat" / "config.json").read_text())["autoencoder"]["path"] == "../vae"
+    here = moviola.load_pipeline("runs/lat", device="cpu")(labels=[3], steps=2, seed=1)  # the run: relative to cwd
+    monkeypatch.chdir(tmp_path)
+    shipped = moviola.load_pipeline(project / "checkpoints" / "lat", device="cpu")
+    assert type(shipped.autoencoder).__name__ == "CausalVAE"
+    video = shipped(labels=[3], steps=2, seed=1)
+    torch.testing.assert_close(video, here, atol=2e-2, rtol=0)  # fp16 export of the same EMA weights

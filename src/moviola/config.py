@@ -621,4 +621,16 @@ def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
 
 
 def config_from_json(path: Union[str, Path]) -> RunConfig:
-    return from_dict(RunConfig, json.loads(Path(path).read_text())).validate()
+    """A saved config (a run's or a checkpoint's config.json), validated.
+
+    A relative ``autoencoder.path`` is looked up next to the file first, then in the current
+    directory: an exported checkpoint names its autoencoder relative to itself (``moviola export``
+    writes it so), which then loads from any working directory; a run's config keeps the path it
+    was trained with, relative to where training ran.
+    """
+    data = json.loads(Path(path).read_text())
+    ae = data.get("autoencoder") if isinstance(data, dict) else None
+    rel = ae.get("path") if isinstance(ae, dict) else None
+    if isinstance(rel, str) and rel and not Path(rel).is_absolute() and (Path(path).parent / rel).exists():
+        ae["path"] = os.path.normpath(Path(path).parent / rel)
+    return from_dict(RunConfig, data).validate()

@@ -3,12 +3,14 @@
 The result is a directory ``config.json`` + ``model.safetensors`` that ``moviola.load_model``
 and ``moviola.load_pipeline`` read like any checkpoint (weights are cast back to the model's
 dtype on load). Training state (optimizer, RNG, counters) is left out: it is 3× the weights
-and only needed to resume.
+and only needed to resume. The autoencoder stays where it is; the exported config names it by a
+path relative to the export directory, so the export loads from any working directory as long as
+the two directories keep their places (as ``checkpoints/*`` in this repository do).
 """
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Union
 
@@ -30,8 +32,13 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
     sd = load_weights(ckpt, name)
     sd = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 
+    config = json.loads((ckpt / "config.json").read_text())
+    ae = config.get("autoencoder") or {}
+    if ae.get("path") and Path(ae["path"]).exists():  # name the autoencoder relative to the export
+        ae["path"] = os.path.relpath(Path(ae["path"]).resolve(), Path(out).resolve())
+
     def write(tmp: Path) -> None:
-        shutil.copy(ckpt / "config.json", tmp / "config.json")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(sd, str(tmp / "model.safetensors"), metadata={"weights": name, "dtype": dtype})
         (tmp / "export.json").write_text(json.dumps({"source": str(ckpt), "weights": name, "dtype": dtype,
                                                      "step": load_state(ckpt).get("step")}, indent=2) + "\n")
