@@ -157,3 +157,52 @@ def test_perceptual_loss_without_files_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="is not a file"):
         VAETrainer(vae_cfg("frame_vae", "vae.perceptual_weight=0.5", f"vae.perceptual_weights=[{tmp_path}/v.pth]"),
                    tmp_path / "y", quiet=True)
+
+
+def test_perceptual_and_adversarial_training_resumes_exactly(files, tmp_path):
+    d, _, _ = files
+    extra = ["vae.perceptual_weight=0.5", f"vae.perceptual_weights=[{d / 'vgg16.pth'},{d / 'vgg.pth'}]",
+             "vae.perceptual_frames=2"]
+    straight = VAETrainer(vae_cfg("causal_vae", *extra), tmp_path / "a", quiet=True)
+    straight.train()
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert "adv_lambda" in rows[-1] and "lpips" in rows[-1]
+    first = VAETrainer(vae_cfg("causal_vae", *extra), tmp_path / "b", quiet=True)
+    first.train(max_steps=2)
+    resumed = VAETrainer(vae_cfg("causal_vae", *extra), tmp_path / "b", resume=True, quiet=True)
+    resumed.train()
+    for (ka, va), (kb, vb) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_adaptive_weight_balances_against_reconstruction_plus_perceptual(files, tmp_path, monkeypatch):
+    """VQGAN's λ is computed from the gradient of rec + w·LPIPS, not of rec alone."""
+    import moviola.training.vae_trainer as vt
+    d, _, _ = files
+    seen = []
+    real = vt.adaptive_weight
+    monkeypatch.setattr(vt, "adaptive_weight", lambda rec, adv, w: seen.append(float(rec.detach())) or real(rec, adv, w))
+    extra = ["vae.perceptual_weight=0.5", f"vae.perceptual_weights=[{d / 'vgg16.pth'}]", "vae.adv_start=0",
+             "train.steps=1"]
+    VAETrainer(vae_cfg("frame_vae", *extra), tmp_path / "w", quiet=True).train()
+    row = json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[0])
+    assert seen and abs(seen[0] - (row["rec"] + 0.5 * row["lpips"])) < 1e-5 * max(1.0, seen[0])
+
+
+def test_perceptual_loss_refuses_frames_vgg_cannot_see(files, tmp_path):
+    d, _, _ = files
+    with pytest.raises(ConfigError, match="at least 16 pixels"):
+        VAETrainer(vae_cfg("frame_vae", "data.size=8", "vae.perceptual_weight=0.5",
+                           f"vae.perceptual_weights=[{d / 'vgg16.pth'}]"), tmp_path / "s", quiet=True)
+    model = LPIPS.from_files([d / "vgg16.pth"])
+    with pytest.raises(ValueError, match="at least 16×16"):
+        model(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_relative_perceptual_weight_paths_are_saved_absolute(files, tmp_path, monkeypatch):
+    from moviola.config import load_config
+    d, _, _ = files
+    monkeypatch.chdir(d)
+    cfg = load_config(overrides=["vae.perceptual_weights=[vgg16.pth, ~/x.pth]"])
+    assert cfg.vae.perceptual_weights[0] == str(d / "vgg16.pth")
+    assert not cfg.vae.perceptual_weights[1].startswith("~")

@@ -232,9 +232,21 @@ def test_exported_latent_model_finds_its_autoencoder_from_any_directory(tmp_path
     Trainer(cfg, project / "runs" / "lat", quiet=True).train()
     assert main(["export", "runs/lat", "checkpoints/lat"]) == 0
     assert json.loads((project / "checkpoints" / "lat" / "config.json").read_text())["autoencoder"]["path"] == "../vae"
-    here = moviola.load_pipeline("runs/lat", device="cpu")(labels=[3], steps=2, seed=1)  # the run: relative to cwd
+    here = moviola.load_pipeline("runs/lat", device="cpu")(labels=[3], steps=2, seed=1)
     monkeypatch.chdir(tmp_path)
     shipped = moviola.load_pipeline(project / "checkpoints" / "lat", device="cpu")
     assert type(shipped.autoencoder).__name__ == "CausalVAE"
     video = shipped(labels=[3], steps=2, seed=1)
     torch.testing.assert_close(video, here, atol=2e-2, rtol=0)  # fp16 export of the same EMA weights
+    # an export of the export, elsewhere, still finds the VAE; so does a symlink to the export
+    assert main(["export", str(project / "checkpoints" / "lat"), str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["autoencoder"]["path"] == "../project/checkpoints/vae"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "link").symlink_to(project / "checkpoints" / "lat")
+    for path in (tmp_path / "again", tmp_path / "elsewhere" / "link"):
+        torch.testing.assert_close(moviola.load_pipeline(path, device="cpu")(labels=[3], steps=2, seed=1), video,
+                                   atol=1e-3, rtol=0)
+    # an autoencoder that is gone: refused at export, not written into a checkpoint that cannot load
+    (project / "checkpoints" / "vae").rename(project / "checkpoints" / "vae-moved")
+    assert main(["export", str(project / "runs" / "lat"), str(tmp_path / "broken")]) == 2
+    assert not (tmp_path / "broken").exists()

@@ -597,7 +597,8 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Make ``autoencoder.path``, ``data.root`` and a text encoder's directory absolute (relative to the working directory),
+    """Make ``autoencoder.path``, ``data.root``, a text encoder's directory and the perceptual loss's weight files
+    absolute (relative to the working directory),
     so the config saved beside a checkpoint finds them from any directory."""
     ae, data = cfg.autoencoder, cfg.data
     if ae.path:
@@ -609,7 +610,11 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
         text = dataclasses.replace(text, encoder=str(Path(text.encoder).expanduser().absolute()))
     if text.cache_dir:
         text = dataclasses.replace(text, cache_dir=str(Path(text.cache_dir).expanduser().absolute()))
-    return dataclasses.replace(cfg, autoencoder=ae, data=data, text=text)
+    vae = cfg.vae
+    if vae.perceptual_weights:
+        vae = dataclasses.replace(vae, perceptual_weights=tuple(str(Path(p).expanduser().absolute())
+                                                                for p in vae.perceptual_weights))
+    return dataclasses.replace(cfg, autoencoder=ae, data=data, text=text, vae=vae)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
@@ -625,12 +630,19 @@ def config_from_json(path: Union[str, Path]) -> RunConfig:
 
     A relative ``autoencoder.path`` is looked up next to the file first, then in the current
     directory: an exported checkpoint names its autoencoder relative to itself (``moviola export``
-    writes it so), which then loads from any working directory; a run's config keeps the path it
-    was trained with, relative to where training ran.
+    writes it so), and then loads from any working directory. (Training writes absolute paths.)
     """
     data = json.loads(Path(path).read_text())
     ae = data.get("autoencoder") if isinstance(data, dict) else None
-    rel = ae.get("path") if isinstance(ae, dict) else None
-    if isinstance(rel, str) and rel and not Path(rel).is_absolute() and (Path(path).parent / rel).exists():
-        ae["path"] = os.path.normpath(Path(path).parent / rel)
+    if isinstance(ae, dict) and isinstance(ae.get("path"), str) and ae["path"]:
+        ae["path"] = str(locate_autoencoder(ae["path"], Path(path).parent))
     return from_dict(RunConfig, data).validate()
+
+
+def locate_autoencoder(path: Union[str, Path], checkpoint_dir: Union[str, Path]) -> Path:
+    """Where a checkpoint's ``autoencoder.path`` points: relative to the checkpoint directory if it exists
+    there, else as given (absolute, or relative to the working directory). Symlinks are followed."""
+    path = Path(path).expanduser()
+    if not path.is_absolute() and (Path(checkpoint_dir) / path).exists():
+        return (Path(checkpoint_dir) / path).resolve()
+    return path

@@ -17,7 +17,8 @@ from typing import Union
 import torch
 from safetensors.torch import save_file
 
-from moviola.training.checkpoint import (load_state, load_weights, resolve_checkpoint, weights_name,
+from moviola.config import locate_autoencoder
+from moviola.training.checkpoint import (CheckpointError, load_state, load_weights, resolve_checkpoint, weights_name,
                                          write_new_directory)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -34,8 +35,12 @@ def export_checkpoint(src: Union[str, Path], out: Union[str, Path], weights: str
 
     config = json.loads((ckpt / "config.json").read_text())
     ae = config.get("autoencoder") or {}
-    if ae.get("path") and Path(ae["path"]).exists():  # name the autoencoder relative to the export
-        ae["path"] = os.path.relpath(Path(ae["path"]).resolve(), Path(out).resolve())
+    if ae.get("path"):  # name the autoencoder relative to the export
+        found = locate_autoencoder(ae["path"], ckpt)
+        if not found.exists():
+            raise CheckpointError(f"{ckpt}: its autoencoder {ae['path']} is not there (looked next to the checkpoint "
+                                  f"and in the current directory); an export without it would not load")
+        ae["path"] = os.path.relpath(found.resolve(), Path(out).absolute().resolve())
 
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

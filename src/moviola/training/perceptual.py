@@ -21,6 +21,7 @@ One file may hold both; several files are merged. The network is frozen and kept
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -34,6 +35,7 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 # torchvision `features` index one past each tapped ReLU (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3)
 TAPS = (4, 9, 16, 23, 30)
 TAP_CHANNELS = (64, 128, 256, 512, 512)
+MIN_SIZE = 16  # four 2× poolings before relu5_3
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 
@@ -83,6 +85,9 @@ class LPIPS(nn.Module):
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS compares two (N, 3, H, W) batches of the same shape, got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
+        if min(x.shape[-2:]) < MIN_SIZE:
+            raise ValueError(f"LPIPS needs frames of at least {MIN_SIZE}×{MIN_SIZE} pixels (VGG16's relu5_3 is "
+                             f"1/16 of the frame), got {tuple(x.shape[-2:])}")
         with torch.autocast(x.device.type, enabled=False):
             feats = self.taps(torch.cat([x.float(), y.float()]))
             n = x.shape[0]
@@ -99,7 +104,7 @@ class LPIPS(nn.Module):
     def from_files(cls, paths: Sequence[str | Path]) -> "LPIPS":
         """Build from local weight files (see the module docstring); an error names what is missing."""
         sd = _read_merged(paths)
-        model = cls(linear=any(k.startswith("lin") for k in sd))
+        model = cls(linear=any(re.fullmatch(r"lin\d\.model\.1\.weight", k) for k in sd))
         feats = _features_from(sd, paths)
         missing = sorted(set(model.features.state_dict()) - set(feats))
         if missing:

@@ -30,7 +30,7 @@ from moviola.autoencoders import build_autoencoder
 from moviola.config import ConfigError, RunConfig, to_dict
 from moviola.training.checkpoint import check_state_dict, load_weights, save_checkpoint
 from moviola.training.ema import EMA
-from moviola.training.perceptual import LPIPS, video_lpips
+from moviola.training.perceptual import LPIPS, MIN_SIZE, video_lpips
 from moviola.training.trainer import Trainer, batch_indices, collate, lr_at
 from moviola.training.vae_losses import (LeCam, PatchDiscriminator3D, adaptive_weight, generator_adv_loss,
                                          hinge_d_loss, kl_per_pixel, last_layer_weight, reconstruction_loss)
@@ -57,6 +57,9 @@ class VAETrainer(Trainer):
             for p in v.perceptual_weights:
                 if not Path(p).is_file():
                     raise ConfigError(f"vae.perceptual_weights: {p} is not a file")
+            if cfg.data.size < MIN_SIZE:
+                raise ConfigError(f"the perceptual loss (VGG16) needs frames of at least {MIN_SIZE} pixels, "
+                                  f"data.size is {cfg.data.size}: raise it or set vae.perceptual_weight=0")
         self.text = None
 
     def _build(self, init_from: Optional[str]) -> None:
