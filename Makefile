@@ -1,5 +1,6 @@
 # moviola: two commands from a fresh clone.
-#   make demo   set up .venv and generate a clip with the shipped Moving Shapes model -> demo.gif
+#   make demo   set up .venv and generate clips from prompts with the shipped text-to-video model -> demo.gif
+#               (make demo PROMPT="a green circle moving left" for your own prompt)
 #   make test   set up .venv and run the test suite (what .ci/run runs)
 #
 # torch is installed first, pinned, so pip takes the CPU build that lies on this machine
@@ -11,6 +12,11 @@ TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PROMPT ?=
+export PROMPT
+DEMO_PROMPTS := --prompt "a red circle moving down" --prompt "a green square moving right" \
+	--prompt "a blue triangle moving up" --prompt "a yellow triangle moving right"
+DEMO_LIST := a red circle moving down, a green square moving right, a blue triangle moving up, a yellow triangle moving right (the last a combination never seen in training)
 
 .PHONY: setup demo test test-all bench clean
 
@@ -24,9 +30,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/moviola sample checkpoints/shapes-latte-tiny --label 3 --label 17 --label 34 --label 44 \
+	$(BIN)/moviola sample checkpoints/shapes-latte-t2v $(if $(PROMPT),--prompt "$$PROMPT",$(DEMO_PROMPTS)) \
 		--steps 50 --cfg 4 --seed 0 --out demo.gif
-	@echo "demo.gif asks for: a red circle moving down, a green square moving right, a blue triangle moving up, a yellow triangle moving left"
+	@echo "demo.gif: $(if $(PROMPT),$$PROMPT,$(DEMO_LIST)); make demo PROMPT='a blue circle moving up' for your own"
 
 test: setup
 	$(BIN)/python -m pytest
