@@ -95,8 +95,7 @@ class LPIPS(nn.Module):
             for k, f in enumerate(feats):
                 f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
                 d = (f[:n] - f[n:]).pow(2)
-                w = self.lin[k] if self.lin is not None else None
-                d = (d * w.view(1, -1, 1, 1)).sum(1) if w is not None else d.sum(1)
+                d = (d * self.lin[k].view(1, -1, 1, 1)).sum(1) if self.lin is not None else d.sum(1)
                 total = total + d.mean((1, 2))
         return total
 
@@ -105,18 +104,18 @@ class LPIPS(nn.Module):
         """Build from local weight files (see the module docstring); an error names what is missing."""
         sd = _read_merged(paths)
         model = cls(linear=any(re.fullmatch(r"lin\d\.model\.1\.weight", k) for k in sd))
-        feats = _features_from(sd, paths)
-        missing = sorted(set(model.features.state_dict()) - set(feats))
+        own = model.features.state_dict()
+        feats = _features_from(sd, own)
+        missing = sorted(set(own) - set(feats))
         if missing:
             raise PerceptualWeightsError(
                 f"vae.perceptual_weights {list(map(str, paths))}: no VGG16 features found (missing {missing[:4]}…); "
                 f"give torchvision's vgg16 state dict (keys features.N.weight, e.g. vgg16-397923af.pth) or a full "
                 f"LPIPS state dict (keys net.sliceK.N.weight)")
         for k, v in feats.items():
-            own = model.features.state_dict()[k]
-            if own.shape != v.shape:
+            if own[k].shape != v.shape:
                 raise PerceptualWeightsError(f"vae.perceptual_weights: features.{k} has shape {tuple(v.shape)}, "
-                                             f"VGG16 needs {tuple(own.shape)} (not a VGG16?)")
+                                             f"VGG16 needs {tuple(own[k].shape)} (not a VGG16?)")
         model.features.load_state_dict(feats)
         if model.lin is not None:
             for k, c in enumerate(TAP_CHANNELS):
@@ -159,8 +158,8 @@ def _read_merged(paths: Iterable[str | Path]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _features_from(sd: dict[str, torch.Tensor], paths) -> dict[str, torch.Tensor]:
-    """The VGG16 feature weights under torchvision's indices, from either naming."""
+def _features_from(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The VGG16 feature weights under torchvision's indices (the keys of ``own``), from either naming."""
     out = {}
     for k, v in sd.items():
         if k.startswith("features."):
@@ -168,7 +167,6 @@ def _features_from(sd: dict[str, torch.Tensor], paths) -> dict[str, torch.Tensor
         elif k.startswith("net.slice"):  # net.slice{k}.{torchvision index}.weight
             _, _, idx, name = k.split(".", 3)
             out[f"{idx}.{name}"] = v.float()
-    own = {f"{i}.{n}" for i, m in enumerate(_vgg16_features()) if isinstance(m, nn.Conv2d) for n in ("weight", "bias")}
     return {k: v for k, v in out.items() if k in own}
 
 
