@@ -6,7 +6,7 @@
 
 What is measured. The same model twice: a ``LatteTransformer3DModel`` (Latte-1's config:
 adaLN-single, cross-attention to text in the spatial blocks, learned sigma, random weights) and
-the moviola ``Latte`` made from its state dict by ``moviola.models.convert.diffusers_latte``
+the moviola ``Latte`` made from its state dict by ``moviola.interop.diffusers_latte``
 (``moviola convert diffusers-latte``). Both get the same input: latents (B, 4, T, H, W), integer
 timesteps (B,), text tokens (B, L, caption_channels) with a mask (row 0 keeps half its tokens).
 moviola takes ``Conditioning(text=..., text_mask=...)``; diffusers is called as its pipeline
@@ -114,7 +114,7 @@ def build_pair(spec: dict, device: torch.device):
     from diffusers import LatteTransformer3DModel
 
     from moviola.config import load_config
-    from moviola.models.convert.diffusers_latte import diffusers_to_moviola
+    from moviola.interop.diffusers_latte import diffusers_to_moviola
     from moviola.models.registry import build_model
 
     torch.manual_seed(0)

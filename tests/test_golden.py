@@ -75,7 +75,7 @@ def inputs(caption: bool, context: bool):
 def build_pinned(saved: dict) -> torch.nn.Module:
     """The model a pinned ``model:`` section describes, built as a run builds it."""
     cfg = load_config(data={"model": saved, "data": {"dataset": "folder", "root": "clips", "size": 8, "frames": 4}})
-    return build_model(cfg.model, C)
+    return build_model(cfg.model, cfg.conditions, C)
 
 
 @pytest.mark.parametrize("name", sorted(META["denoisers"]))

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 def load_model(path, weights: str = "ema", device="cpu"):
     """A denoiser from a checkpoint directory (or a run's newest checkpoint), in eval mode."""
-    from moviola.pipelines.generate import load_model as _load
+    from moviola.models.loading import load_model as _load
 
     return _load(path, weights=weights, device=device)
 

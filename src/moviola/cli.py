@@ -23,12 +23,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, N
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from moviola.config import load_config
-    from moviola.training.trainer import Trainer
+    from moviola.training import trainer_for
 
-    if args.command == "train-vae":
-        from moviola.training.vae_trainer import VAETrainer as Trainer  # noqa: N814 (same interface)
-
-    overrides = list(args.set or [])
+    # train-vae is train with the autoencoder task (train.task names what a run trains)
+    overrides = ["train.task=autoencoder"] if args.command == "train-vae" else []
+    overrides += list(args.set or [])
     if args.precision:
         overrides.append(f"train.precision={args.precision}")
     if args.steps is not None:
@@ -49,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         while not created.parent.exists():
             created = created.parent
     try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume, quiet=args.quiet,
+        trainer = trainer_for(cfg)(cfg, run_dir, resume=args.resume, quiet=args.quiet,
                           init_from=getattr(args, "init_from", None))
         last = trainer.train()
     except USER_ERRORS:
@@ -99,7 +98,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.label:
         labels = [y for y in args.label for _ in range(args.num_videos)]
     elif "labels" in pipe.accepts and prompts is None:
-        labels = [i % pipe.model.num_classes for i in range(args.num_videos)]
+        labels = [i % pipe.config.conditions.num_classes for i in range(args.num_videos)]
     if prompts is not None:
         prompts = [p for p in prompts for _ in range(args.num_videos)]
     elif "text" in pipe.accepts:
@@ -138,9 +137,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _label_caption(pipe, label: int) -> dict:
-    if pipe.config.data.dataset == "shapes" and pipe.model.num_classes == 48 and label >= 0:
-        from moviola.data.shapes import caption, label_to_attributes
+    from moviola.data.shapes import NUM_CLASSES, caption, label_to_attributes
 
+    if pipe.config.data.dataset == "shapes" and pipe.config.conditions.num_classes == NUM_CLASSES and label >= 0:
         colour, shape, direction = label_to_attributes(label)
         return {"caption": caption(colour, shape, direction), "colour": colour, "shape": shape,
                 "direction": direction}
@@ -216,7 +215,7 @@ def _report(result: dict, json_path: Optional[str]) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from moviola.models import convert
+    from moviola import interop as convert
 
     if args.source == "latte-official":
         out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
@@ -243,11 +242,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from moviola.config import config_from_json
-    from moviola.training.checkpoint import resolve_checkpoint
+    from moviola.io.checkpoint import resolve_checkpoint
     from moviola.training.export import export_checkpoint
-    from moviola.training.vae_trainer import export_autoencoder, is_vae_run
+    from moviola.training.vae_trainer import export_autoencoder
 
-    if is_vae_run(config_from_json(resolve_checkpoint(args.checkpoint) / "config.json")):
+    if config_from_json(resolve_checkpoint(args.checkpoint) / "config.json").train.task == "autoencoder":
         out = export_autoencoder(args.checkpoint, args.out, weights=args.weights)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         kind = json.loads((out / "config.json").read_text()).get("_class_name", "")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from moviola.config import ConfigError, RunConfig, _yaml_load, config_from_json, load_config, to_dict
+from moviola.config import ConfigError, RunConfig, config_from_json, load_config, to_dict, yaml_load
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir")
 _EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
@@ -86,7 +86,7 @@ def load_study(path: Union[str, Path]) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
-    tree = _yaml_load(path.read_text()) or {}
+    tree = yaml_load(path.read_text()) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     _check_keys(tree, _TOP, str(path))
@@ -139,7 +139,7 @@ def _comparable(cfg: dict) -> dict:
 
 def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = False, log=print) -> dict:
     """Train, score and report every variant (or the ``only`` ones); returns the results dict."""
-    from moviola.training.checkpoint import list_checkpoints
+    from moviola.io.checkpoint import list_checkpoints
 
     names = [v.name for v in study.variants]
     for n in only or []:
@@ -184,7 +184,7 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     from moviola.config import autoencoder_latent_channels
     from moviola.eval.shapes_eval import evaluate_checkpoint
     from moviola.models.registry import build_model
-    from moviola.training.checkpoint import list_checkpoints
+    from moviola.io.checkpoint import list_checkpoints
 
     step = int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[-1])
     settings = {**dataclasses.asdict(study.eval), "step": step}
@@ -207,7 +207,7 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
     tail = [loss for _, loss in losses[-max(1, len(losses) // 10):]]
     speeds = sorted(r["it_s"] for r in rows if "it_s" in r)
-    params = sum(p.numel() for p in build_model(cfg.model, autoencoder_latent_channels(cfg.autoencoder)).parameters())
+    params = sum(p.numel() for p in build_model(cfg.model, cfg.conditions, autoencoder_latent_channels(cfg.autoencoder)).parameters())
     return {"name": v.name, "config": v.config, "set": list(v.set), "run_dir": str(run_dir), "step": step,
             "params": params, "final_loss": sum(tail) / len(tail) if tail else None,
             "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores}

@@ -34,7 +34,7 @@ def load_autoencoder(path: Union[str, Path], weights: str = "ema") -> Autoencode
         from moviola.autoencoders.temporal_decoder import TemporalDecoderVAE
 
         return TemporalDecoderVAE.from_pretrained(p)
-    from moviola.training.checkpoint import CheckpointError, resolve_checkpoint
+    from moviola.io.checkpoint import CheckpointError, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(p)
@@ -42,12 +42,11 @@ def load_autoencoder(path: Union[str, Path], weights: str = "ema") -> Autoencode
         ckpt = None
     if ckpt is not None:
         from moviola.config import config_from_json
-        from moviola.training.checkpoint import check_state_dict, load_weights, weights_name
-        from moviola.training.vae_trainer import is_vae_run
+        from moviola.io.checkpoint import check_state_dict, load_weights, weights_name
 
         cfg = config_from_json(ckpt / "config.json")
         ae = build_autoencoder(cfg.autoencoder)
-        if is_vae_run(cfg):  # the autoencoder is what this run trained: its weights are the checkpoint's
+        if cfg.train.task == "autoencoder":  # the autoencoder is what this run trained: its weights are the checkpoint's
             name = weights_name(ckpt, weights)
             sd = load_weights(ckpt, name)
             check_state_dict(ae, sd, f"{ckpt}/{name}.safetensors")

@@ -85,7 +85,7 @@ def encoder_config(name: str) -> dict:
 
 
 def encoder_width(name: str) -> int:
-    """Width D of the token embeddings (what ``model.caption_channels`` must be)."""
+    """Width D of the token embeddings (what ``conditions.text_channels`` must be)."""
     cfg = encoder_config(name)
     for key in ("hidden_size", "d_model"):
         if key in cfg:
@@ -293,3 +293,25 @@ class TextEmbedder:
 def build_text_embedder(text_cfg, device: "str | torch.device" = "cpu") -> TextEmbedder:
     return TextEmbedder(text_cfg.encoder, text_cfg.max_length, text_cfg.layer, cache_dir=text_cfg.cache_dir,
                         cache=text_cfg.cache, device=device)
+
+
+def build_text(cfg, device: "str | torch.device") -> Optional[TextEmbedder]:
+    """The text embedder of a run that conditions on text (``conditions.text_channels`` set), else None.
+
+    ``cfg`` is a RunConfig; a width that does not match the encoder's is a ConfigError naming both.
+    """
+    from moviola.config import ConfigError
+
+    width = cfg.conditions.text_channels
+    if not width:
+        return None
+    try:
+        text = build_text_embedder(cfg.text, device)
+    except TextEncoderError as e:
+        raise ConfigError(str(e)) from None
+    if text.dim != width:
+        raise ConfigError(f"conditions.text_channels={width} but text encoder {cfg.text.encoder} gives {text.dim}-wide "
+                          f"embeddings: set text.encoder to the encoder this model was trained with (a converted "
+                          f"Latte-1 wants its T5: the pipeline's text_encoder/ directory), or, for a new model, "
+                          f"conditions.text_channels={text.dim}")
+    return text

@@ -315,6 +315,9 @@ class MovingShapes(Dataset):
     (16 KB per 32x32x16 clip); each DataLoader worker holds its own cache.
     """
 
+    name = "Moving Shapes"
+    num_classes = NUM_CLASSES  # what a class-conditional run on it must take (conditions.num_classes)
+
     def __init__(
         self,
         split: str = "train",

@@ -3,11 +3,11 @@ from moviola.diffusion.guidance import classifier_free_guidance, guided_model_fn
 from moviola.diffusion.losses import (discretized_gaussian_log_likelihood, min_snr_weight, normal_kl,
                                       training_losses, variational_bound_terms)
 from moviola.diffusion.samplers import StepOutput, ddim_step, ddpm_step, sample
-from moviola.diffusion.schedule import (NoiseSchedule, broadcast_timesteps, convert_prediction, make_betas,
+from moviola.diffusion.schedule import (NoiseSchedule, broadcast_timesteps, build_schedule, convert_prediction, make_betas,
                                         randn, randn_like, spaced_timesteps)
 
 __all__ = [
-    "NoiseSchedule", "make_betas", "spaced_timesteps", "broadcast_timesteps", "convert_prediction",
+    "NoiseSchedule", "build_schedule", "make_betas", "spaced_timesteps", "broadcast_timesteps", "convert_prediction",
     "randn", "randn_like",
     "training_losses", "variational_bound_terms", "normal_kl", "discretized_gaussian_log_likelihood",
     "min_snr_weight",

@@ -338,3 +338,9 @@ def randn(shape, generator=None, dtype: torch.dtype = torch.float32, device=None
         return torch.cat([randn((1, *shape[1:]), g, dtype, device) for g in generator])
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, dtype=dtype, device=gen_device).to(device)
+
+
+def build_schedule(cfg) -> NoiseSchedule:
+    """The training schedule a ``diffusion:`` section (DiffusionConfig) describes."""
+    return NoiseSchedule(make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end,
+                                    zero_terminal_snr=cfg.zero_terminal_snr))

@@ -211,7 +211,7 @@ def load_detector(path: Union[str, Path], sha256: Optional[str] = None, device: 
     if _is_torchscript(path):
         network = torch.jit.load(str(path), map_location=device).eval()
         return Detector(network, "torchscript", actual, path.name, device=torch.device(device))
-    from moviola.training.checkpoint import load_foreign_state_dict
+    from moviola.io.checkpoint import load_foreign_state_dict
 
     sd = load_foreign_state_dict(path)
     num_classes = sd["logits.conv3d.weight"].shape[0] if "logits.conv3d.weight" in sd else 400

@@ -47,9 +47,9 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     ``image_to_video``: how often colour and shape are kept, and the PSNR of the output's frame 0
     against the given frame (on [0, 1]; identical frames count as 100 dB).
     """
-    import moviola
+    from moviola.pipelines.generate import load_pipeline
 
-    pipe = moviola.load_pipeline(path, device=device)
+    pipe = load_pipeline(path, device=device)
     labels = [y for y in range(NUM_CLASSES) for _ in range(per_class)]
     kwargs: dict = {}
     if "text" in pipe.accepts:

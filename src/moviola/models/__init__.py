@@ -1,3 +1,4 @@
-from moviola.models.registry import LATTE_SIZES, build_model, model_names
+"""The denoisers, one folder per family, behind one protocol (base.py) and one registry (registry.py)."""
+from moviola.models.registry import FAMILIES, build_model, model_class
 
-__all__ = ["LATTE_SIZES", "build_model", "model_names"]
+__all__ = ["FAMILIES", "build_model", "model_class"]

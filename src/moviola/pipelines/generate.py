@@ -27,12 +27,12 @@ import torch
 from moviola.autoencoders import Autoencoder, build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import first_frame_mask
-from moviola.config import RunConfig, autoencoder_latent_channels, config_from_json
-from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
+from moviola.conditioning.text import build_text
+from moviola.config import RunConfig
+from moviola.diffusion import NoiseSchedule, build_schedule, guided_model_fn, sample
 from moviola.diffusion.schedule import randn
-from moviola.models.registry import build_model
-from moviola.training.checkpoint import (CheckpointError, check_state_dict, load_weights, resolve_checkpoint,
-                                         weights_name)
+from moviola.io.checkpoint import resolve_checkpoint
+from moviola.models.loading import load_model, load_run_config
 from moviola.utils import resolve_device
 
 
@@ -56,8 +56,6 @@ class Pipeline:
     @property
     def text(self):
         if self._text is None:
-            from moviola.training.trainer import build_text
-
             self._text = build_text(self.config, self.device)
         return self._text
 
@@ -82,7 +80,7 @@ class Pipeline:
         if "labels" not in self.accepts:
             raise ValueError("this model is not class-conditional: do not pass labels"
                              + (" (it takes text: pass a prompt)" if "text" in self.accepts else ""))
-        num_classes = getattr(self.model, "num_classes", 0)
+        num_classes = self.config.conditions.num_classes
         labels = [int(y) for y in labels]
         bad = [y for y in labels if not (0 <= y < num_classes or y == -1)]
         if bad:
@@ -116,7 +114,7 @@ class Pipeline:
                             latent: tuple) -> tuple[Conditioning, Conditioning]:
         if "context" not in self.accepts:
             raise ValueError("this model does not take a first frame (it was trained without context frames; "
-                             "model.context_frames)")
+                             "conditions.context_frames)")
         if len(images) not in (1, n):
             raise ValueError(f"{len(images)} images for {n} videos: give one image, or one per video")
         frames_in = torch.stack([self.prepare_image(im, H, W) for im in images])  # (k, 3, H, W)
@@ -171,7 +169,7 @@ class Pipeline:
         if labels is not None:
             parts.append(self._label_conditioning(labels))
         elif "labels" in self.accepts:
-            raise ValueError(f"this model is class-conditional: pass labels (0..{self.model.num_classes - 1})")
+            raise ValueError(f"this model is class-conditional: pass labels (0..{self.config.conditions.num_classes - 1})")
         if prompt is not None:
             parts.append(self._text_conditioning(prompt, negative_prompt))
         elif "text" in self.accepts:
@@ -226,35 +224,11 @@ def _merge(parts: Sequence[Conditioning]) -> Conditioning:
     return out
 
 
-def _load_config(ckpt: Path) -> RunConfig:
-    try:
-        return config_from_json(ckpt / "config.json")
-    except FileNotFoundError:
-        raise CheckpointError(f"missing config.json in checkpoint {ckpt}") from None
-
-
-def load_model(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device] = "cpu",
-               latent_channels: Optional[int] = None) -> torch.nn.Module:
-    """The denoiser of a checkpoint directory (or a run's newest checkpoint), in eval mode."""
-    ckpt = resolve_checkpoint(path)
-    cfg = _load_config(ckpt)
-    if latent_channels is None:  # from the VAE's config.json: no VAE weights are loaded for the denoiser
-        latent_channels = autoencoder_latent_channels(cfg.autoencoder)
-    model = build_model(cfg.model, latent_channels)
-    name = weights_name(ckpt, weights)
-    sd = load_weights(ckpt, name)
-    check_state_dict(model, sd, f"{ckpt}/{name}.safetensors")
-    model.load_state_dict(sd)
-    return model.to(resolve_device(device) if isinstance(device, str) else device).eval()
-
-
 def load_pipeline(path: Union[str, Path], weights: str = "ema", device: Union[str, torch.device, None] = None) -> Pipeline:
     """Autoencoder + denoiser + diffusion of a checkpoint (or a run directory's newest one)."""
-    from moviola.training.trainer import build_schedule
-
     dev = resolve_device("auto" if device is None else device)
     ckpt = resolve_checkpoint(path)
-    cfg = _load_config(ckpt)
+    cfg = load_run_config(ckpt)
     ae = build_autoencoder(cfg.autoencoder)
     model = load_model(ckpt, weights=weights, device=dev, latent_channels=ae.latent_channels)
-    return Pipeline(model, ae, build_schedule(cfg), cfg, device=dev)
+    return Pipeline(model, ae, build_schedule(cfg.diffusion), cfg, device=dev)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from moviola.config import locate_autoencoder
-from moviola.training.checkpoint import (CheckpointError, load_state, load_weights, resolve_checkpoint, weights_name,
+from moviola.io.checkpoint import (CheckpointError, load_state, load_weights, resolve_checkpoint, weights_name,
                                          write_new_directory)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

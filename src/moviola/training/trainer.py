@@ -56,11 +56,13 @@ from tqdm import tqdm
 from moviola.autoencoders import build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
+from moviola.conditioning.text import build_text
 from moviola.config import ConfigError, RunConfig, save_config, to_dict
+from moviola.data import build_dataset
 from moviola.data.joint import extra_image_frames
-from moviola.diffusion import NoiseSchedule, make_betas, training_losses
+from moviola.diffusion import build_schedule, training_losses
 from moviola.models.registry import build_model
-from moviola.training.checkpoint import (CheckpointError, CheckpointWriteError, check_state_dict, list_checkpoints, load_state,
+from moviola.io.checkpoint import (CheckpointError, CheckpointWriteError, check_state_dict, list_checkpoints, load_state,
                                          load_weights, optimizer_from_flat, resolve_checkpoint, save_checkpoint,
                                          weights_name)
 from moviola.training.ema import EMA
@@ -73,45 +75,6 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointWriteFailed(RuntimeError):
     """Checkpoints could not be written (see the module docstring's rule); earlier ones are intact."""
-
-
-def build_schedule(cfg: RunConfig) -> NoiseSchedule:
-    d = cfg.diffusion
-    return NoiseSchedule(make_betas(d.schedule, d.num_timesteps, d.beta_start, d.beta_end,
-                                    zero_terminal_snr=d.zero_terminal_snr))
-
-
-def build_dataset(cfg: RunConfig, split: str = "train"):
-    d = cfg.data
-    if d.dataset == "shapes":
-        from moviola.data.shapes import MovingShapes
-
-        return MovingShapes(split=split, count=d.count, size=d.size, frames=d.frames, seed=d.seed, bounce=d.bounce)
-    if d.dataset == "images":  # image diffusion: one-frame videos (data.frames must be 1)
-        from moviola.data.folders import ImageFolder
-
-        return ImageFolder(d.root, size=d.size)
-    from moviola.data.folders import VideoFolder
-
-    return VideoFolder(d.root, frames=d.frames, stride=d.frame_stride, size=d.size)
-
-
-def build_text(cfg: RunConfig, device: torch.device):
-    """The text embedder of a text-conditioned model (``model.caption_channels`` set), else None."""
-    if not cfg.model.caption_channels:
-        return None
-    from moviola.conditioning.text import TextEncoderError, build_text_embedder
-
-    try:
-        text = build_text_embedder(cfg.text, device)
-    except TextEncoderError as e:
-        raise ConfigError(str(e)) from None
-    if text.dim != cfg.model.caption_channels:
-        raise ConfigError(f"model.caption_channels={cfg.model.caption_channels} but text encoder {cfg.text.encoder} "
-                          f"gives {text.dim}-wide embeddings: set text.encoder to the encoder this model was trained "
-                          f"with (a converted Latte-1 wants its T5: the pipeline's text_encoder/ directory), or, for "
-                          f"a new model, model.caption_channels={text.dim}")
-    return text
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -297,9 +260,14 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config
         np.random.seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        self.dataset = build_dataset(cfg)
+        self.dataset = build_dataset(cfg.data)
         if len(self.dataset) == 0:
             raise ConfigError("the training set is empty")
+        classes = getattr(self.dataset, "num_classes", None)
+        if classes and cfg.conditions.num_classes not in (0, classes):
+            raise ConfigError(f"conditions.num_classes={cfg.conditions.num_classes} does not fit "
+                              f"{getattr(self.dataset, 'name', 'the dataset')}, which has {classes} classes "
+                              f"(use {classes}, or 0 for an unconditional model)")
         self._build(init_from)
         self.step = 0
         self.bad_steps_total = 0
@@ -344,20 +312,24 @@ class Trainer:
             filled = self.dataset.fill(cfg.train.batch_size, progress=not self.quiet)  # batched: fast
             if filled:
                 self.log(f"latent cache: encoded {filled} clips into {self.dataset.dir}")
-        self.schedule = build_schedule(cfg)
-        self.model = build_model(cfg.model, self.autoencoder.latent_channels).to(self.device)
+        self.schedule = build_schedule(cfg.diffusion)
+        self.model = build_model(cfg.model, cfg.conditions, self.autoencoder.latent_channels).to(self.device)
         if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
             for line in init_from_checkpoint(self.model, init_from):
                 self.log(line)
         elif init_from:  # an image DiT fills the frame-wise parts (models/convert/dit_init.py)
-            from moviola.models.convert import init_from_dit
+            from moviola.interop import init_from_dit
 
             for line in init_from_dit(self.model, init_from):
                 self.log(line)
         self.ema = EMA(self.model, cfg.train.ema_decay)
         t = cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
-                                           weight_decay=t.weight_decay)
+        trained = self.model.parameter_groups(t.stage)  # train.stage: the rest of the model stays frozen
+        if t.stage != "all":
+            ids = {id(p) for p in trained}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in ids)
+        self.optimizer = torch.optim.AdamW(trained, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
 
     # ---------------------------------------------------------------- checkpoints
     def _load_weights(self, path: Path) -> None:
@@ -441,18 +413,19 @@ class Trainer:
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
-        keep = torch.rand(B, generator=g) >= cfg.model.class_dropout_prob
+        c = cfg.conditions
+        keep = torch.rand(B, generator=g) >= c.label_dropout
         cond = Conditioning()
-        if cfg.model.num_classes:
+        if c.num_classes:
             cond = Conditioning(labels=labels).drop(keep, ["labels"])
         # (draws for text and context come after the ones above, so class-only runs keep their batches)
         if self.text is not None:  # caption dropout: the empty prompt is the null condition
-            keep_text = torch.rand(B, generator=g) >= cfg.text.dropout_prob
+            keep_text = torch.rand(B, generator=g) >= c.text_dropout
             captions = [c if k else "" for c, k in zip(batch["caption"], keep_text.tolist())]
             cond.text, cond.text_mask = self.text(captions)
-        if cfg.model.context_frames:  # frames given as conditions; dropped for guidance
-            mask = context_mask(cfg.train.context_mode, B, frames, generator=g)  # (B, 1, T, 1, 1)
-            keep_ctx = (torch.rand(B, generator=g) >= cfg.model.context_dropout_prob).float()
+        if c.context_frames:  # frames given as conditions; dropped for guidance
+            mask = context_mask(c.context_mode, B, frames, generator=g)  # (B, 1, T, 1, 1)
+            keep_ctx = (torch.rand(B, generator=g) >= c.context_dropout).float()
             mask = mask * keep_ctx[:, None, None, None, None]
             if x0.shape[2] != frames:  # joint training: the trailing image frames are never given
                 mask = torch.cat([mask, mask.new_zeros(B, 1, x0.shape[2] - frames, 1, 1)], dim=2)
@@ -471,7 +444,7 @@ class Trainer:
             model = functools.partial(self.model, num_images=cfg.data.use_image_num)
         with autocast(self.device, cfg.train.precision):
             terms = training_losses(model, self.schedule, x0, t, cond, prediction=cfg.diffusion.prediction,
-                                    learned_sigma=cfg.model.learned_sigma, noise=noise,
+                                    learned_sigma=self.model.learned_sigma, noise=noise,
                                     loss_weighting=cfg.diffusion.loss_weighting,
                                     min_snr_gamma=cfg.diffusion.min_snr_gamma)
         loss = terms["loss"].float().mean()
@@ -650,7 +623,7 @@ class Trainer:
     @torch.no_grad()
     def judge(self, n: int = 12) -> dict:
         """Sample a few videos with the EMA model and score them by the Moving Shapes rules."""
-        if self.cfg.data.dataset != "shapes" or not (self.cfg.model.num_classes or self.text is not None):
+        if self.cfg.data.dataset != "shapes" or not (self.cfg.conditions.num_classes or self.text is not None):
             return {}
         from moviola.data.shapes import NUM_CLASSES, caption, label_to_attributes
         from moviola.eval.shapes_score import score_batch

@@ -28,7 +28,9 @@ import torch
 
 from moviola.autoencoders import build_autoencoder
 from moviola.config import ConfigError, RunConfig, to_dict
-from moviola.training.checkpoint import check_state_dict, load_weights, save_checkpoint
+from moviola.config.autoencoder import trains_autoencoder
+from moviola.data import build_dataset
+from moviola.io.checkpoint import check_state_dict, load_weights, save_checkpoint
 from moviola.training.ema import EMA
 from moviola.training.perceptual import LPIPS, MIN_SIZE, video_lpips
 from moviola.training.trainer import Trainer, batch_indices, collate, lr_at
@@ -42,7 +44,7 @@ class VAETrainer(Trainer):
         if cfg.autoencoder.kind == "identity":
             raise ConfigError("train-vae trains an autoencoder: set autoencoder.kind to frame_vae, causal_vae or "
                               "temporal_decoder")
-        if not is_vae_run(cfg):
+        if cfg.train.task != "autoencoder" or not trains_autoencoder(cfg.autoencoder):
             raise ConfigError("train-vae trains a new autoencoder (autoencoder.path null) or adds temporal layers to a "
                               "trained frame VAE (kind temporal_decoder, path = that VAE); to continue a run, use "
                               "--resume")
@@ -201,18 +203,6 @@ def held_out_clips(cfg: RunConfig, n: int) -> Optional[torch.Tensor]:
     return torch.stack([test[i]["video"] for i in range(n)])
 
 
-def is_vae_run(cfg: RunConfig) -> bool:
-    """A train-vae run trains a new autoencoder, or temporal layers on a trained frame VAE; a diffusion
-    run loads a finished one (or is in pixel space)."""
-    ae = cfg.autoencoder
-    if ae.kind == "temporal_decoder":
-        import json
-
-        meta = Path(ae.path) / "config.json"
-        return not (meta.is_file() and json.loads(meta.read_text()).get("_class_name") == "TemporalDecoderVAE")
-    return ae.kind != "identity" and ae.path is None
-
-
 @torch.no_grad()
 def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema") -> Path:
     """Write a train-vae run's autoencoder as a directory ``autoencoder.path`` takes.
@@ -224,13 +214,12 @@ def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema
     diffusers loads it too; the causal VAE as ``CausalVAE.save_pretrained``.
     """
     from moviola.config import config_from_json
-    from moviola.training.checkpoint import resolve_checkpoint, weights_name, write_new_directory
-    from moviola.training.trainer import build_dataset
+    from moviola.io.checkpoint import resolve_checkpoint, weights_name, write_new_directory
 
     ckpt = resolve_checkpoint(run)
     cfg = config_from_json(ckpt / "config.json")
-    if not is_vae_run(cfg):
-        raise ConfigError(f"{run} is not a train-vae run")
+    if cfg.train.task != "autoencoder":
+        raise ConfigError(f"{run} is not a train-vae run (train.task={cfg.train.task})")
     ae = build_autoencoder(cfg.autoencoder)
     name = weights_name(ckpt, weights)
     sd = load_weights(ckpt, name)
@@ -238,7 +227,7 @@ def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema
     ae.load_state_dict(sd)
     ae.eval()
     if cfg.autoencoder.kind != "temporal_decoder":  # the temporal decoder keeps its base's latents unchanged
-        dataset = build_dataset(cfg)
+        dataset = build_dataset(cfg.data)
         t = cfg.train
         batches = (collate([dataset[i] for i in batch_indices(s, t.batch_size, len(dataset), t.seed)])["video"]
                    for s in range(cfg.vae.latent_stats_batches))

@@ -17,10 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moviola.config import AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, load_config
-from moviola.models.convert.common import named_size, write_checkpoint_dir
-from moviola.models.registry import resolve_model_dims
-from moviola.pipelines.generate import load_model
-from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint, write_new_directory
+from moviola.interop.common import named_size, write_checkpoint_dir
+from moviola.models.loading import load_model
+from moviola.io.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint, write_new_directory
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # the diffusers config values moviola's blocks implement (anything else is a different model)
@@ -83,21 +82,26 @@ def diffusers_to_moviola(sd: dict[str, torch.Tensor], config: dict) -> tuple[dic
     out = {ours: torch.cat([sd[t] for t in theirs]) if len(theirs) > 1 else sd[theirs[0]] for ours, theirs in table}
     sample = config.get("sample_size", 64)
     model = dict(family="latte", size=named_size(D, heads) or "tiny", patch_size=p, hidden_size=D,
-                 depth=2 * layers, num_heads=heads, mlp_ratio=4.0, num_classes=0, learned_sigma=out_ch == 2 * in_ch,
-                 injection="adaln_single", caption_channels=config["caption_channels"],
-                 pos_base_size=sample // p, pos_interpolation_scale=float(max(sample // 64, 1)))
+                 depth=2 * layers, num_heads=heads, mlp_ratio=4.0, learned_sigma=out_ch == 2 * in_ch,
+                 injection="adaln_single", pos_base_size=sample // p,
+                 pos_interpolation_scale=float(max(sample // 64, 1)))
+    conditions = dict(num_classes=0, text_channels=config["caption_channels"])
     shape = dict(latent_size=sample, frames=config.get("video_length", 16), in_channels=in_ch)
-    return {"model": model, "shape": shape}, out
+    return {"model": model, "conditions": conditions, "shape": shape}, out
 
 
 def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     """A diffusers config and state dict for a moviola model diffusers can express."""
-    m = cfg.model
-    problems = [f"{k}={getattr(m, k)!r} (needs {v!r})" for k, v in
-                (("variant", 1), ("patch_embed", "frame"), ("injection", "adaln_single"), ("temporal_pos", "abs"),
-                 ("num_classes", 0), ("qk_norm", False)) if getattr(m, k) != v]
-    if m.caption_channels is None:
-        problems.append("caption_channels=None (needs the text width)")
+    m, c = cfg.model, cfg.conditions
+    if m.family != "latte":
+        raise CheckpointError(f"diffusers' LatteTransformer3DModel holds Latte models, not model.family {m.family!r}")
+    problems = [f"model.{k}={getattr(m, k)!r} (needs {v!r})" for k, v in
+                (("layout", "interleaved"), ("patch_embed", "frame"), ("injection", "adaln_single"),
+                 ("temporal_pos", "abs"), ("qk_norm", False), ("text_pooled", False)) if getattr(m, k) != v]
+    problems += [f"conditions.{k}={getattr(c, k)!r} (needs {v!r})" for k, v in
+                 (("num_classes", 0), ("context_frames", False)) if getattr(c, k) != v]
+    if c.text_channels is None:
+        problems.append("conditions.text_channels=None (needs the text width)")
     if m.mlp_ratio not in (None, 4.0):
         problems.append(f"mlp_ratio={m.mlp_ratio} (needs 4)")
     if m.pos_base_size is None:
@@ -109,7 +113,7 @@ def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[d
                             f"{max(sample // 64, 1)} from sample_size={sample})")
     if problems:
         raise CheckpointError("diffusers' LatteTransformer3DModel cannot express this model: " + "; ".join(problems))
-    dims = resolve_model_dims(m)
+    dims = m.dims()
     D, heads = dims.hidden_size, dims.num_heads
     layers = len({k.split(".")[1] for k in sd if k.startswith("spatial_blocks.")})
     in_ch = sd["x_embedder.proj.weight"].shape[1]
@@ -122,7 +126,7 @@ def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[d
               "num_attention_heads": heads, "attention_head_dim": D // heads, "in_channels": in_ch,
               "out_channels": out_ch, "num_layers": layers, "dropout": 0.0, "cross_attention_dim": D,
               "sample_size": sample, "patch_size": m.patch_size, "num_embeds_ada_norm": 1000,
-              "caption_channels": m.caption_channels, "video_length": cfg.data.frames, **REQUIRED}
+              "caption_channels": c.text_channels, "video_length": cfg.data.frames, **REQUIRED}
     return config, out
 
 
@@ -176,6 +180,7 @@ def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Opti
     info, out = diffusers_to_moviola(sd, config)
     factor = autoencoder_spatial_factor(AutoencoderConfig(kind="frame_vae", path=str(vae)))
     tree = {"name": src.name if src.name != "transformer" else src.parent.name, "model": info["model"],
+            "conditions": info["conditions"],
             "autoencoder": {"kind": "frame_vae", "path": str(vae)},
             "data": {"dataset": "folder", "root": "data/videos", "size": info["shape"]["latent_size"] * factor,
                      "frames": info["shape"]["frames"]},

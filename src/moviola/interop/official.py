@@ -18,12 +18,11 @@ from typing import Optional, Union
 
 import torch
 
-from moviola.config import AutoencoderConfig, RunConfig, autoencoder_latent_channels, autoencoder_spatial_factor, \
+from moviola.config import LATTE_SIZES, AutoencoderConfig, RunConfig, autoencoder_latent_channels, autoencoder_spatial_factor, \
     load_config
-from moviola.models.convert.common import model_on_meta, named_size, write_checkpoint_dir
-from moviola.models.registry import LATTE_SIZES
+from moviola.interop.common import model_on_meta, named_size, write_checkpoint_dir
 from moviola.nn import sincos_2d, sincos_temporal
-from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict
+from moviola.io.checkpoint import CheckpointError, load_foreign_state_dict
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _DIRECT = re.compile(r"^(x_embedder\.proj|t_embedder\.mlp\.[02]|y_embedder\.embedding_table|"
@@ -62,8 +61,8 @@ def official_to_moviola(sd: dict[str, torch.Tensor], num_heads: Optional[int] = 
         num_heads = LATTE_SIZES[size]["num_heads"]
     table = sd.get("y_embedder.embedding_table.weight")
     model = dict(family="latte", size=size or "tiny", patch_size=p, hidden_size=D, depth=depth, num_heads=num_heads,
-                 mlp_ratio=mlp_ratio, num_classes=0 if table is None else table.shape[0] - 1,
-                 learned_sigma=out_ch == 2 * in_ch)
+                 mlp_ratio=mlp_ratio, learned_sigma=out_ch == 2 * in_ch)
+    conditions = dict(num_classes=0 if table is None else table.shape[0] - 1)
 
     pos, temp = sd["pos_embed"], sd["temp_embed"]  # (1, N, D), (1, F, D)
     side = math.isqrt(pos.shape[1])
@@ -87,7 +86,7 @@ def official_to_moviola(sd: dict[str, torch.Tensor], num_heads: Optional[int] = 
             k = f"{'temporal' if i % 2 else 'spatial'}_blocks.{i // 2}.{rest}"
         out[k] = v
     shape = dict(latent_size=side * p, frames=temp.shape[1], in_channels=in_ch)
-    return {"model": model, "shape": shape}, out
+    return {"model": model, "conditions": conditions, "shape": shape}, out
 
 
 def _check_against_model(cfg: RunConfig, sd: dict[str, torch.Tensor], in_channels: int) -> None:
@@ -108,20 +107,21 @@ def _check_against_model(cfg: RunConfig, sd: dict[str, torch.Tensor], in_channel
         raise CheckpointError(f"tensors with the wrong shape: {_listing(bad)}")
 
 
-def paper_run_config(name: str, model: dict, shape: dict, vae: Union[str, Path],
+def paper_run_config(name: str, model: dict, conditions: dict, shape: dict, vae: Union[str, Path],
                      base_config: Optional[Union[str, Path]] = None) -> RunConfig:
     """The run config of a converted official model: the paper's diffusion (linear betas, 1000
     steps, ε with learned sigma) and sampling (DDPM, 250 steps), 256 px, frame stride 3, unless
     ``base_config`` (e.g. configs/latte/ffs.yaml) gives the non-model sections."""
     factor = autoencoder_spatial_factor(AutoencoderConfig(kind="frame_vae", path=str(vae)))
-    tree = {"name": name, "model": model, "autoencoder": {"kind": "frame_vae", "path": str(vae)}}
+    tree = {"name": name, "model": model, "conditions": conditions,
+            "autoencoder": {"kind": "frame_vae", "path": str(vae)}}
     if base_config is None:
         tree.update(
             data={"dataset": "folder", "root": f"data/{name}", "size": shape["latent_size"] * factor,
                   "frames": shape["frames"], "frame_stride": 3},
             diffusion={"schedule": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
                        "prediction": "eps"},
-            sample={"sampler": "ddpm", "steps": 250, "cfg": 7.0 if model["num_classes"] else 1.0})
+            sample={"sampler": "ddpm", "steps": 250, "cfg": 7.0 if conditions["num_classes"] else 1.0})
     cfg = load_config(base_config, data=tree)
     if cfg.data.size != shape["latent_size"] * factor or cfg.data.frames != shape["frames"]:
         raise CheckpointError(f"{base_config}: data.size={cfg.data.size}, data.frames={cfg.data.frames} do not match "
@@ -139,7 +139,7 @@ def convert_official(src: Union[str, Path], out_dir: Union[str, Path], vae: Unio
     """
     sd = load_foreign_state_dict(src)
     info, out = official_to_moviola(sd, num_heads)
-    cfg = paper_run_config(Path(src).stem, info["model"], info["shape"], vae, base_config)
+    cfg = paper_run_config(Path(src).stem, info["model"], info["conditions"], info["shape"], vae, base_config)
     channels = autoencoder_latent_channels(cfg.autoencoder)
     if channels != info["shape"]["in_channels"]:
         raise CheckpointError(f"the VAE at {vae} has {channels} latent channels, the checkpoint "

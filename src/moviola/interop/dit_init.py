@@ -10,7 +10,7 @@ A DiT state dict (``x_embedder``, ``t_embedder``, ``y_embedder``, ``blocks.i.*``
 - the spatial attention and MLP of each block, from DiT blocks spread evenly over DiT's depth:
   spatial block k of n takes DiT block ``k·len(DiT)/n`` (for XL: 0, 2, ..., 26, the blocks the
   official ``--pretrained`` load gives its spatial blocks). With adaLN-Zero their modulation comes
-  along; in variant 3 DiT's attention chunks go to the spatial attention and the temporal
+  along; in layout factorized_attention DiT's attention chunks go to the spatial attention and the temporal
   attention's stay zero, so it starts switched off.
 
 Everything temporal stays at its initialization (adaLN-Zero: identity). The returned lines say
@@ -24,7 +24,7 @@ from typing import Union
 
 import torch
 
-from moviola.training.checkpoint import CheckpointError, load_foreign_state_dict
+from moviola.io.checkpoint import CheckpointError, load_foreign_state_dict
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _BLOCK_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -52,9 +52,12 @@ def init_from_dit(model: torch.nn.Module, path: Union[str, Path]) -> list[str]:
     dit_blocks = sorted({int(m.group(1)) for k in sd if (m := _BLOCK.match(k))})
     if not dit_blocks or "x_embedder.proj.weight" not in sd:
         raise CheckpointError(f"{path} is not a DiT state dict (no x_embedder / blocks.i.* keys)")
-    if model.variant == 4:
-        raise ValueError("--init-from a DiT needs spatial attention layers: variant 4 splits every attention's "
-                         "heads between space and time (use variant 1, 2 or 3)")
+    if getattr(model, "family", None) != "latte":
+        raise ValueError(f"--init-from a DiT initializes Latte models, not model.family {getattr(model, 'family', '?')!r}")
+    if model.layout == "factorized_heads":
+        raise ValueError("--init-from a DiT needs spatial attention layers: layout factorized_heads splits every "
+                         "attention's heads between space and time (use interleaved, late_fusion or "
+                         "factorized_attention)")
     own = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     used: set[str] = set()
@@ -95,7 +98,7 @@ def init_from_dit(model: torch.nn.Module, path: Union[str, Path]) -> list[str]:
                 notes.append(f"{k}: left at initialization (shape {tuple(sd[k].shape)} in the file, "
                              f"{tuple(own[k].shape)} in the model)")
 
-    targets = [f"spatial_blocks.{k}" for k in range(len(model.spatial_blocks))] if model.variant in (1, 2) \
+    targets = [f"spatial_blocks.{k}" for k in range(len(model.spatial_blocks))] if model.layout in ("interleaved", "late_fusion") \
         else [f"blocks.{k}" for k in range(len(model.blocks))]
     pick = [dit_blocks[k * len(dit_blocks) // len(targets)] for k in range(len(targets))]
     D = model.hidden_size
@@ -107,7 +110,7 @@ def init_from_dit(model: torch.nn.Module, path: Union[str, Path]) -> list[str]:
             continue  # adaLN-single / tokens: DiT's per-block modulation has no counterpart
         for p in ("weight", "bias"):
             theirs, ours = f"blocks.{j}.adaLN_modulation.1.{p}", f"{target}.adaLN_modulation.1.{p}"
-            if model.variant == 3:  # 9 chunks: spatial attention, temporal attention, MLP
+            if model.layout == "factorized_attention":  # 9 chunks: spatial attention, temporal attention, MLP
                 if sd[theirs].shape != (6 * D, *own[ours].shape[1:]):
                     wrong.append(f"{theirs} {tuple(sd[theirs].shape)} -> 6 of the 9 chunks of {ours}")
                     continue

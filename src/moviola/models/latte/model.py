@@ -1,21 +1,22 @@
 """Latte: a video diffusion transformer (Ma et al. 2024, "Latte: Latent Diffusion Transformer
 for Video Generation"), with every design switch of the paper.
 
-The four model variants (paper §3.2) share everything but how their blocks meet space and time:
+The paper's four model variants (§3.2) are four layouts (``model.layout``) that share everything
+but how their blocks meet space and time:
 
-1. ``Latte``: spatial and temporal transformer blocks interleaved (the released model).
-2. ``LatteLateFusion``: all spatial blocks, then all temporal blocks (same blocks as 1).
-3. ``LatteFactorizedAttention``: one block holds a spatial self-attention, then a temporal one.
-4. ``LatteFactorizedHeads``: one attention whose heads split between space and time.
+1. ``interleaved`` (``Latte``): spatial and temporal transformer blocks interleaved (the released model).
+2. ``late_fusion`` (``LatteLateFusion``): all spatial blocks, then all temporal blocks (same blocks as 1).
+3. ``factorized_attention``: one block holds a spatial self-attention, then a temporal one.
+4. ``factorized_heads``: one attention whose heads split between space and time.
 
 ``depth`` counts attentions over one axis, as Latte counts its blocks: XL's 28 is 14 spatial +
-14 temporal blocks (variants 1, 2), 14 factorized-attention blocks (3), or 28 blocks whose
-attention does both at once (4, so its parameter count equals variant 1's).
+14 temporal blocks (layouts 1, 2), 14 factorized-attention blocks (3), or 28 blocks whose
+attention does both at once (4, so its parameter count equals layout 1's).
 
 The other switches: per-frame patches or s×p×p tubelets (``patch_embed``); the timestep and
-class through adaLN-Zero, adaLN-single or as extra tokens (``injection``, see latte_blocks);
+class through adaLN-Zero, adaLN-single or as extra tokens (``injection``, see blocks.py);
 absolute sin-cos or rotary temporal positions (``temporal_pos``); cross-attention to text in the
-spatial attention (``caption_channels``, Latte-1); and image-video joint training: the last
+spatial attention (``conditions.text_channels``, Latte-1); and image-video joint training: the last
 ``num_images`` frames of a batch are single images, which every spatial module sees and every
 temporal module skips.
 
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from moviola.conditioning import Conditioning, check_accepted
-from moviola.models.latte_blocks import (Conditioned, FactorizedAttentionBlock, FactorizedHeadsBlock, FinalLayer,
+from moviola.config import ConditionsConfig, LatteConfig
+from moviola.models.latte.blocks import (Conditioned, FactorizedAttentionBlock, FactorizedHeadsBlock, FinalLayer,
                                          LatteBlock, PatchEmbed, TubeletEmbed)
 from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
 
@@ -60,21 +62,31 @@ def _rope(t: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 class Latte(nn.Module):
     """Latte denoiser: ``model(x_t (B,C,T,H,W), t (B,) or (B,T), cond) -> (B, C or 2C, T, H, W)``.
 
-    This class is variant 1 and the shared skeleton; a variant overrides ``build_blocks`` and
-    ``run_blocks``.
+    This class is the interleaved layout and the shared skeleton; another layout overrides
+    ``build_blocks`` and ``run_blocks``. Build one with ``Latte.from_config(cfg, conditions, in_channels)``.
     """
 
-    variant = 1
+    family = "latte"
+    layout = "interleaved"
+    joint_images = True  # takes appended single images (num_images) in image-video joint training
     block_chunks = 6  # modulation vectors per block: shift, scale, gate for attention and MLP
     paired_depth = True  # depth counts a spatial and a temporal attention per pair
 
-    def __init__(self, in_channels: int = 4, patch_size: int = 2, hidden_size: int = 1152, depth: int = 28,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 learned_sigma: bool = False, qk_norm: bool = False, patch_embed: str = "frame",
-                 tubelet_size: int = 1, injection: str = "adaln", temporal_pos: str = "abs",
-                 caption_channels: Optional[int] = None, pos_base_size: Optional[int] = None,
-                 pos_interpolation_scale: float = 1.0, text_pooled: bool = False, context_frames: bool = False):
+    def __init__(self, cfg: LatteConfig, conditions: ConditionsConfig = ConditionsConfig(), in_channels: int = 4):
         super().__init__()
+        if cfg.layout != self.layout:
+            raise ValueError(f"{type(self).__name__} is layout {self.layout!r}, the config says {cfg.layout!r}: "
+                             "build it with Latte.from_config")
+        unsupported = [n for n in conditions.wanted() if n not in cfg.conditions]
+        if unsupported:
+            raise ValueError(f"Latte does not take the condition(s) {unsupported}; it takes {sorted(cfg.conditions)}")
+        dims = cfg.dims()
+        hidden_size, depth, num_heads, mlp_ratio = dims.hidden_size, dims.depth, dims.num_heads, dims.mlp_ratio
+        patch_size, qk_norm, learned_sigma = cfg.patch_size, cfg.qk_norm, cfg.learned_sigma
+        patch_embed, tubelet_size, injection = cfg.patch_embed, cfg.tubelet_size, cfg.injection
+        temporal_pos, text_pooled = cfg.temporal_pos, cfg.text_pooled
+        num_classes, caption_channels = conditions.num_classes, conditions.text_channels
+        context_frames = conditions.context_frames
         for name, value, options in (("patch_embed", patch_embed, ("frame", "tubelet")),
                                      ("injection", injection, ("adaln", "adaln_single", "tokens")),
                                      ("temporal_pos", temporal_pos, ("abs", "rope"))):
@@ -86,6 +98,7 @@ class Latte(nn.Module):
             raise ValueError("tubelet_size is only used with patch_embed='tubelet'")
         if temporal_pos == "rope" and (hidden_size // num_heads) % 2:
             raise ValueError("temporal_pos='rope' needs an even attention head width")
+        self.config, self.conditions = cfg, conditions
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learned_sigma else in_channels
         self.learned_sigma = learned_sigma
@@ -96,7 +109,7 @@ class Latte(nn.Module):
         self.patch_embed, self.tubelet_size = patch_embed, tubelet_size
         self.injection, self.temporal_pos = injection, temporal_pos
         self.caption_channels = caption_channels
-        self.pos_base_size, self.pos_interpolation_scale = pos_base_size, pos_interpolation_scale
+        self.pos_base_size, self.pos_interpolation_scale = cfg.pos_base_size, cfg.pos_interpolation_scale
         if text_pooled and not caption_channels:
             raise ValueError("text_pooled needs caption_channels (a text model)")
         self.text_pooled, self.context_frames = text_pooled, context_frames
@@ -123,7 +136,29 @@ class Latte(nn.Module):
                                       injection)
         self.initialize_weights()
 
-    # ------------------------------------------------------------------ the variant's blocks
+    @staticmethod
+    def from_config(cfg: LatteConfig, conditions: ConditionsConfig, in_channels: int) -> "Latte":
+        """The Latte of ``cfg.layout`` (the denoiser protocol's constructor, models/base.py)."""
+        return LATTE_CLASSES[cfg.layout](cfg, conditions, in_channels)
+
+    def parameter_groups(self, stage: str) -> list[nn.Parameter]:
+        """The parameters that train in ``stage``: ``all``; ``temporal`` (the attentions across frames and
+        their norms and modulation; with factorized heads, whose attention serves both axes, the whole
+        blocks); ``spatial`` (everything else)."""
+        if stage == "all":
+            return list(self.parameters())
+        if stage not in ("temporal", "spatial"):
+            raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
+        temporal = [p for name, p in self.named_parameters() if self._is_temporal(name)]
+        ids = {id(p) for p in temporal}
+        return temporal if stage == "temporal" else [p for p in self.parameters() if id(p) not in ids]
+
+    def _is_temporal(self, name: str) -> bool:
+        if self.layout == "factorized_heads":
+            return name.startswith("blocks.")
+        return name.startswith("temporal_blocks.") or ".temporal_attn." in name or ".norm_temporal." in name
+
+    # ------------------------------------------------------------------ the layout's blocks
     def build_blocks(self, depth: int, block: dict) -> None:
         text = self.hidden_size if self.caption_channels else None
         self.spatial_blocks = nn.ModuleList(LatteBlock(**block, context_dim=text) for _ in range(depth // 2))
@@ -331,7 +366,7 @@ class Latte(nn.Module):
 class LatteLateFusion(Latte):
     """Variant 2: every spatial block first, then every temporal block (late fusion)."""
 
-    variant = 2
+    layout = "late_fusion"
 
     def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
         c_spatial, c_temporal = self._spatial_c(c), self._temporal_c(c, num_video)
@@ -346,7 +381,7 @@ class LatteLateFusion(Latte):
 class LatteFactorizedAttention(Latte):
     """Variant 3: each block attends over space, then over time, then applies its MLP."""
 
-    variant = 3
+    layout = "factorized_attention"
     block_chunks = 9  # shift, scale, gate for the spatial attention, the temporal one and the MLP
 
     def build_blocks(self, depth: int, block: dict) -> None:
@@ -365,16 +400,12 @@ class LatteFactorizedHeads(Latte):
     """Variant 4: each block's attention gives ``spatial_heads`` heads (default half) to space and
     the rest to time, and concatenates their outputs."""
 
-    variant = 4
+    layout = "factorized_heads"
     paired_depth = False
-
-    def __init__(self, *args, spatial_heads: Optional[int] = None, **kwargs):
-        self._spatial_heads = spatial_heads  # read by build_blocks, which Latte.__init__ calls
-        super().__init__(*args, **kwargs)
 
     def build_blocks(self, depth: int, block: dict) -> None:
         text = self.hidden_size if self.caption_channels else None
-        self.blocks = nn.ModuleList(FactorizedHeadsBlock(**block, context_dim=text, spatial_heads=self._spatial_heads)
+        self.blocks = nn.ModuleList(FactorizedHeadsBlock(**block, context_dim=text, spatial_heads=self.config.spatial_heads)
                                     for _ in range(depth))
 
     def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
@@ -385,5 +416,5 @@ class LatteFactorizedHeads(Latte):
         return tok
 
 
-LATTE_VARIANTS: dict[int, type[Latte]] = {1: Latte, 2: LatteLateFusion, 3: LatteFactorizedAttention,
-                                          4: LatteFactorizedHeads}
+LATTE_CLASSES: dict[str, type[Latte]] = {cls.layout: cls for cls in (Latte, LatteLateFusion, LatteFactorizedAttention,
+                                                                     LatteFactorizedHeads)}

@@ -7,9 +7,9 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import save_file
 
-from moviola.config import RunConfig, autoencoder_latent_channels, save_config
-from moviola.models.registry import LATTE_SIZES, build_model
-from moviola.training.checkpoint import check_state_dict, write_new_directory
+from moviola.config import LATTE_SIZES, RunConfig, autoencoder_latent_channels, save_config
+from moviola.models.registry import build_model
+from moviola.io.checkpoint import check_state_dict, write_new_directory
 
 
 def named_size(hidden_size: int, num_heads: Optional[int] = None) -> Optional[str]:
@@ -23,7 +23,7 @@ def named_size(hidden_size: int, num_heads: Optional[int] = None) -> Optional[st
 def model_on_meta(cfg: RunConfig, in_channels: int) -> torch.nn.Module:
     """The model a config describes, without allocating its weights (for checking key sets)."""
     with torch.device("meta"):
-        return build_model(cfg.model, in_channels)
+        return build_model(cfg.model, cfg.conditions, in_channels)
 
 
 def write_checkpoint_dir(out_dir: Union[str, Path], cfg: RunConfig, sd: dict[str, torch.Tensor]) -> Path:

@@ -4,11 +4,11 @@ ways), and DiT image checkpoints as the initialization of a video model.
 Every converter renames and reshapes tensors only; none runs code from the file it reads
 (``.pt`` files go through ``load_foreign_state_dict``, i.e. ``torch.load(weights_only=True)``).
 """
-from moviola.models.convert.common import write_checkpoint_dir
-from moviola.models.convert.diffusers_latte import (diffusers_to_moviola, export_diffusers, import_diffusers,
+from moviola.interop.common import write_checkpoint_dir
+from moviola.interop.diffusers_latte import (diffusers_to_moviola, export_diffusers, import_diffusers,
                                                     moviola_to_diffusers)
-from moviola.models.convert.dit_init import init_from_dit
-from moviola.models.convert.official import convert_official, official_to_moviola
+from moviola.interop.dit_init import init_from_dit
+from moviola.interop.official import convert_official, official_to_moviola
 
 __all__ = ["convert_official", "diffusers_to_moviola", "export_diffusers", "import_diffusers", "init_from_dit",
            "moviola_to_diffusers", "official_to_moviola", "write_checkpoint_dir"]

@@ -1,0 +1,211 @@
+"""The run config: every section a YAML file may hold, and the checks across them.
+
+``RunConfig.validate`` rejects impossible settings before any compute; the family's own rules
+are its ``model.validate(run)`` (config/models.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from moviola.config.autoencoder import (AUTOENCODER_RANGES, AutoencoderConfig, VAELossConfig,
+                                        autoencoder_temporal_factor, validate_autoencoder)
+from moviola.config.base import ConfigError, check_ranges, numbers
+from moviola.config.models import LatteConfig, model_config_from_dict
+
+
+@dataclass(frozen=True)
+class ConditionsConfig:
+    """What a run conditions on, whatever the family, and each condition's training dropout (the
+    probability of training with its null value, which classifier-free guidance compares against)."""
+
+    num_classes: int = 0  # class labels 0..n-1 (0 = no labels)
+    label_dropout: float = 0.1
+    text_channels: Optional[int] = None  # the text encoder's width: cross-attention to text (None = no text)
+    text_dropout: float = 0.1  # train with the empty prompt
+    # context frames (DESIGN.md): the input gets (m ∘ z, m) beside x_t, so frames given as conditions
+    # steer the rest: image-to-video (the first frame), prediction (a prefix), interpolation (the ends)
+    context_frames: bool = False
+    # which frames training gives: the first (image-to-video), a random prefix of 1..T/2 frames
+    # (prediction), the first and last (interpolation), or any of the three per example
+    context_mode: Literal["first", "prefix", "ends", "any"] = "first"
+    context_dropout: float = 0.1  # train with no frame given
+    image: bool = False  # image tokens from an image encoder (VideoCrafter 1's image-to-video)
+    image_dropout: float = 0.1
+    fps: bool = False  # a frame-rate (or frame-stride) embedding added to the timestep's
+    low_res: bool = False  # a low-resolution video to upsample (super-resolution cascades)
+    noise_level: bool = False  # the noise-augmentation level of the low-resolution input
+    self_cond: float = 0.0  # self-conditioning: the rate of training steps given the previous x0 estimate
+
+    def wanted(self) -> list[str]:
+        """Names of the conditions this run uses (as a family's config lists what it can take)."""
+        flags = {"labels": self.num_classes > 0, "text": self.text_channels is not None,
+                 "context_frames": self.context_frames, "image": self.image, "fps": self.fps,
+                 "low_res": self.low_res, "noise_level": self.noise_level, "self_cond": self.self_cond > 0}
+        return [name for name, on in flags.items() if on]
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text encoder of a text-conditioned run (``conditions.text_channels`` set)."""
+
+    encoder: str = "all-minilm-l6-v2"  # the packaged default, or a local transformers directory (T5, CLIP, ...)
+    max_length: int = 32  # tokens; longer prompts are truncated with a warning
+    layer: Literal["last", "penultimate"] = "last"  # which hidden states are the token embeddings
+    cache: bool = True  # keep embeddings of every prompt on disk, keyed by encoder content and prompt
+    cache_dir: Optional[str] = None  # default $MOVIOLA_CACHE or ~/.cache/moviola
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["shapes", "folder", "images"] = "shapes"  # folder: videos; images: one-frame videos
+    root: Optional[str] = None  # folder datasets
+    size: int = 32
+    frames: int = 16
+    frame_stride: int = 1
+    count: int = 4800  # clips in the (procedural) training set
+    seed: int = 0
+    bounce: bool = False
+    num_workers: int = 0
+    use_image_num: int = 0  # image-video joint training: single frames of other clips after each video
+    latent_cache: bool = False  # encode each clip once and keep its latent on disk (data/latent_cache.py)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    zero_terminal_snr: bool = False
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: float = 5.0
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: Literal["diffusion", "autoencoder"] = "diffusion"  # what the run trains (moviola train / train-vae)
+    stage: Literal["all", "temporal", "spatial"] = "all"  # which of the model's parameters train (the rest frozen)
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.999
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    sample_every: int = 0  # 0 = never; otherwise score a few samples with the Moving Shapes judge
+    sample_steps: int = 25
+    seed: int = 0
+    device: str = "auto"
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_failed_saves: int = 3  # consecutive failed checkpoint writes (disk full) before the run stops
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = "ddim"  # dpm++2m: DPM-Solver++(2M), ~20 steps
+    steps: int = 50
+    cfg: float = 4.0
+    eta: float = 0.0
+
+
+# (key, lowest allowed, highest allowed); None = unbounded on that side. The few upper bounds are far
+# beyond any real run; they turn an absurd value into this error instead of an hour-long hang or an
+# allocation failure (data.count sizes a permutation, num_timesteps the schedule tables).
+RUN_RANGES = (
+    ("data.count", 1, 10**7), ("diffusion.num_timesteps", 1, 100_000), ("train.batch_size", 1, 65_536),
+    ("train.lr", 0, 1000),  # AdamW's float32 arithmetic overflows on absurd rates
+    ("conditions.num_classes", 0, None), ("data.frame_stride", 1, None),
+    ("data.seed", 0, 2**32 - 1), ("data.num_workers", 0, 256), ("diffusion.beta_start", 1e-12, 0.999),
+    ("diffusion.beta_end", 1e-12, 0.999), ("diffusion.min_snr_gamma", 1e-12, None),
+    ("train.weight_decay", 0, 1000), ("train.betas[0]", 0, 0.999999), ("train.betas[1]", 0, 0.999999),
+    ("train.warmup_steps", 0, None), ("train.min_lr_ratio", 0, 1), ("train.grad_clip", 0, None),
+    ("train.sample_every", 0, None), ("train.sample_steps", 1, None), ("train.seed", 0, 2**32 - 1),
+    ("train.max_bad_steps", 1, None), ("train.max_failed_saves", 1, None), ("sample.eta", 0, None),
+    *AUTOENCODER_RANGES,
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    model: Any = field(default_factory=LatteConfig, metadata={"build": model_config_from_dict})
+    conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    vae: VAELossConfig = field(default_factory=VAELossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> "RunConfig":
+        """Reject impossible settings before any compute."""
+        d, t, c = self.data, self.train, self.conditions
+        values = dict(numbers(self))
+        check_ranges(values, RUN_RANGES + getattr(self.model, "RANGES", ()))
+        if not self.name or self.name in (".", "..") or any(ch in self.name for ch in "/\\\0"):
+            raise ConfigError(f"name {self.name!r} must be a plain directory name (it names runs/<name>)")
+        if d.size <= 0 or d.frames <= 0:
+            raise ConfigError(f"data.size and data.frames must be positive (got {d.size}, {d.frames})")
+        validate_autoencoder(self.autoencoder, d.frames)
+        if d.dataset in ("folder", "images") and not d.root:
+            raise ConfigError(f"data.dataset={d.dataset} needs data.root (a folder of "
+                              f"{'videos' if d.dataset == 'folder' else 'images'})")
+        if d.dataset == "images" and d.frames != 1:
+            raise ConfigError(f"data.dataset=images gives one-frame videos: set data.frames=1 (got {d.frames})")
+        for name, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
+                            ("train.checkpoint_every", t.checkpoint_every),
+                            ("train.log_every", t.log_every), ("train.keep_last", t.keep_last),
+                            ("diffusion.num_timesteps", self.diffusion.num_timesteps),
+                            ("sample.steps", self.sample.steps)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive (got {value})")
+        for name, value in (("sample.steps", self.sample.steps), ("train.sample_steps", t.sample_steps)):
+            if value > self.diffusion.num_timesteps:
+                raise ConfigError(f"{name}={value} is more than diffusion.num_timesteps="
+                                  f"{self.diffusion.num_timesteps}: a sampler cannot take more steps than the schedule has")
+        if not 0.0 <= t.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr must be positive (got {t.lr})")
+        self._validate_conditions()
+        if self.text.max_length < 2:
+            raise ConfigError(f"text.max_length must be at least 2 (got {self.text.max_length})")
+        if d.use_image_num < 0:
+            raise ConfigError(f"data.use_image_num must be 0 or more (got {d.use_image_num})")
+        if d.use_image_num and autoencoder_temporal_factor(self.autoencoder) > 1:
+            raise ConfigError("data.use_image_num (joint image training) with a causal VAE is not supported: its "
+                              "latent frames each cover several frames, so single images cannot be appended")
+        if d.use_image_num and not getattr(self.model, "joint_images", False):
+            raise ConfigError(f"data.use_image_num > 0 (image-video joint training): the {self.model.family} family "
+                              "does not take appended image frames")
+        if d.use_image_num and d.dataset == "shapes" and d.count < 2:
+            raise ConfigError("data.use_image_num > 0 takes its images from other clips: data.count must be at least 2")
+        self.model.validate(self)
+        return self
+
+    def _validate_conditions(self) -> None:
+        c = self.conditions
+        for name in ("label_dropout", "text_dropout", "context_dropout", "image_dropout", "self_cond"):
+            value = getattr(c, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"conditions.{name} must be in [0, 1) (got {value})")
+        if c.text_channels is not None and c.text_channels <= 0:
+            raise ConfigError(f"conditions.text_channels must be positive or null (got {c.text_channels})")
+        if self.train.task != "diffusion":
+            return
+        family, takes = self.model.family, self.model.conditions
+        missing = [name for name in c.wanted() if name not in takes]
+        if missing:
+            raise ConfigError(f"the {family} family does not take the condition(s) {missing} (conditions.*); "
+                              f"it takes {sorted(takes)}")
