@@ -11,8 +11,8 @@ import moviola
 from moviola import Conditioning
 from moviola.cli import main
 from moviola.config import load_config
-from moviola.models.convert import write_checkpoint_dir
-from moviola.models.convert.diffusers_latte import diffusers_to_moviola, name_table
+from moviola.interop import write_checkpoint_dir
+from moviola.interop.diffusers_latte import diffusers_to_moviola, name_table
 from moviola.models.registry import build_model
 
 diffusers = pytest.importorskip("diffusers")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moviola.config import ConfigError, load_config
-from moviola.models.convert import init_from_dit
+from moviola.interop import init_from_dit
 from moviola.models.registry import build_model
 from moviola.training.trainer import Trainer
 

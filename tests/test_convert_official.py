@@ -15,9 +15,9 @@ import moviola
 from moviola import Conditioning
 from moviola.cli import main
 from moviola.config import load_config
-from moviola.models.convert import official_to_moviola
-from moviola.models.convert.common import model_on_meta
-from moviola.training.checkpoint import check_state_dict
+from moviola.interop import official_to_moviola
+from moviola.interop.common import model_on_meta
+from moviola.io.checkpoint import check_state_dict
 
 SIZES = {"S": (384, 12), "B": (768, 12), "L": (1024, 24), "XL": (1152, 28)}  # hidden, depth (both kinds)
 

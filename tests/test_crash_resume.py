@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 import moviola
 from moviola.config import load_config
-from moviola.training.checkpoint import list_checkpoints, resolve_checkpoint
+from moviola.io.checkpoint import list_checkpoints, resolve_checkpoint
 from moviola.training.trainer import Trainer
 
 CONFIG = """\
@@ -45,7 +45,7 @@ LOSS_KEYS = ("step", "loss", "grad_norm", "lr", "mse", "bad_steps_total")
 DIE_MID_WRITE = """\
 import os, signal, sys
 from pathlib import Path
-import moviola.training.checkpoint as ck
+import moviola.io.checkpoint as ck
 real, calls, die_at = ck.save_file, [0], int(os.environ["DIE_AT_SAVE_FILE_CALL"])
 def save_file(tensors, filename, *a, **k):
     calls[0] += 1

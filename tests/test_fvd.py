@@ -18,7 +18,7 @@ import torch
 from moviola.cli import main
 from moviola.eval.fvd import NotEnoughVideos, fvd, list_videos
 from moviola.eval.i3d import ChecksumError, InceptionI3d, _same_pad, file_sha256, load_detector
-from moviola.training.checkpoint import CheckpointError
+from moviola.io.checkpoint import CheckpointError
 from moviola.video import read_video, save_video
 
 

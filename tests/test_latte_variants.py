@@ -16,7 +16,7 @@ from moviola.config import ConfigError, ModelConfig, load_config
 from moviola.data.joint import extra_image_frames
 from moviola.models.latte import (LATTE_VARIANTS, Latte, LatteFactorizedAttention, LatteFactorizedHeads,
                                   LatteLateFusion)
-from moviola.models.latte_blocks import FactorizedAttentionBlock, FactorizedHeadsBlock, LatteBlock
+from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock, LatteBlock
 from moviola.models.registry import build_model
 from moviola.nn import Attention, apply_rope, rope_1d, sincos_2d, timestep_embedding
 from moviola.training.trainer import Trainer

@@ -26,9 +26,9 @@ from moviola.cli import main
 from moviola.config import load_config
 from moviola.data.folders import ImageFolder, VideoFolder
 from moviola.data.shapes import write_shapes_folder
-from moviola.training import checkpoint as ckpt_mod
+from moviola.io import checkpoint as ckpt_mod
 from moviola.training import trainer as trainer_mod
-from moviola.training.checkpoint import (CheckpointError, CheckpointWriteError, list_checkpoints,
+from moviola.io.checkpoint import (CheckpointError, CheckpointWriteError, list_checkpoints,
                                          load_foreign_state_dict, resolve_checkpoint)
 from moviola.training.trainer import CheckpointWriteFailed, Trainer
 from moviola.video import save_video

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import moviola
 from moviola.config import ConfigError, load_config
 from moviola.training import trainer as trainer_mod
-from moviola.training.checkpoint import list_checkpoints, resolve_checkpoint
+from moviola.io.checkpoint import list_checkpoints, resolve_checkpoint
 from moviola.training.trainer import Trainer, batch_indices
 
 TINY = [
