@@ -1,3 +1,5 @@
-from moviola.pipelines.generate import Pipeline, load_model, load_pipeline
+"""Generation over the denoiser protocol: conditions → denoise → decode (base.py), loading (generate.py)."""
+from moviola.pipelines.base import Conditions, Pipeline
+from moviola.pipelines.generate import load_pipeline
 
-__all__ = ["Pipeline", "load_model", "load_pipeline"]
+__all__ = ["Conditions", "Pipeline", "load_pipeline"]
