@@ -34,9 +34,10 @@ from torch import nn
 
 from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig, LatteConfig
-from moviola.models.latte.blocks import (Conditioned, FactorizedAttentionBlock, FactorizedHeadsBlock, FinalLayer,
-                                         LatteBlock, PatchEmbed, TubeletEmbed)
+from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock
 from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
+from moviola.nn.patch import PatchEmbed, TubeletEmbed, unpatchify
+from moviola.nn.transformer import FinalLayer, ModulatedBlock, TransformerBlock
 
 
 # The tables are cached across calls; they are built outside inference mode so that a table first
@@ -161,8 +162,8 @@ class Latte(nn.Module):
     # ------------------------------------------------------------------ the layout's blocks
     def build_blocks(self, depth: int, block: dict) -> None:
         text = self.hidden_size if self.caption_channels else None
-        self.spatial_blocks = nn.ModuleList(LatteBlock(**block, context_dim=text) for _ in range(depth // 2))
-        self.temporal_blocks = nn.ModuleList(LatteBlock(**block) for _ in range(depth // 2))
+        self.spatial_blocks = nn.ModuleList(TransformerBlock(**block, context_dim=text) for _ in range(depth // 2))
+        self.temporal_blocks = nn.ModuleList(TransformerBlock(**block) for _ in range(depth // 2))
 
     def run_blocks(self, tok: torch.Tensor, c: Optional[torch.Tensor], num_video: int, context) -> torch.Tensor:
         c_spatial, c_temporal = self._spatial_c(c), self._temporal_c(c, num_video)
@@ -220,9 +221,8 @@ class Latte(nn.Module):
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         for m in self.modules():
-            if isinstance(m, Conditioned) and m.injection == "adaln":
-                nn.init.zeros_(m.adaLN_modulation[-1].weight)
-                nn.init.zeros_(m.adaLN_modulation[-1].bias)
+            if isinstance(m, ModulatedBlock):
+                m.modulation.zero_init(m)  # adaLN-Zero: every block starts as the identity
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
         # PixArt-α's choices for the adaLN-single and text parts
@@ -356,11 +356,7 @@ class Latte(nn.Module):
         return self.unpatchify(out, h, w)
 
     def unpatchify(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        B, T = out.shape[:2]
-        p, s, co = self.patch_size, self.tubelet_size, self.out_channels
-        out = out.reshape(B, T, h, w, s, p, p, co)  # (B, T', h, w, s, p, p, C)
-        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', s, h, p, w, p)
-        return out.reshape(B, co, T * s, h * p, w * p)  # (B, C, T, H, W)
+        return unpatchify(out, h, w, self.patch_size, self.tubelet_size, self.out_channels)  # (B, C, T, H, W)
 
 
 class LatteLateFusion(Latte):
