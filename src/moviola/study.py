@@ -7,7 +7,7 @@ A study file (YAML; every key below, nothing else)::
     set: [train.batch_size=8]         # overrides for every variant (optional)
     variants:                         # name -> a config file, or {config: FILE, set: [KEY=VALUE, ...]}
       v1-interleaved: configs/shapes/ablation/base.yaml
-      v2-late-fusion: {config: configs/shapes/ablation/base.yaml, set: [model.variant=2]}
+      v2-late-fusion: {config: configs/shapes/ablation/base.yaml, set: [model.layout=late_fusion]}
     eval: {per_class: 1, steps: 25, cfg: 4.0, seed: 0, sampler: ddim}   # the Moving Shapes score
     runs_dir: runs/studies/latte-variants   # optional (this default)
     out_dir: docs/studies/latte-variants    # optional (this default)

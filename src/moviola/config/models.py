@@ -82,11 +82,12 @@ class LatteConfig:
         if "variant" not in section:
             return []
         v = section.pop("variant")
-        if "layout" in section:
-            raise ConfigError("model.variant (the old name) and model.layout are both set: keep model.layout")
         if isinstance(v, bool) or v not in (1, 2, 3, 4):
             raise ConfigError(f"model.variant: {v!r} is not one of [1, 2, 3, 4] (now model.layout: one of "
                               f"{list(LATTE_LAYOUTS)})")
+        if section.get("layout", LATTE_LAYOUTS[v - 1]) != LATTE_LAYOUTS[v - 1]:
+            raise ConfigError(f"model.variant={v} (the old name of model.layout: {LATTE_LAYOUTS[v - 1]}) and "
+                              f"model.layout={section['layout']} are both set: keep model.layout")
         section["layout"] = LATTE_LAYOUTS[v - 1]
         return [("model.variant", "model.layout")]
 
