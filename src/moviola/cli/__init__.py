@@ -1,0 +1,74 @@
+"""``moviola`` command line: the only place that parses arguments.
+
+Every user error (bad config key or type, impossible shape, missing file, a bad argument) ends
+as one line ``moviola: error: ...`` on stderr and exit code 2, never a traceback, and ``train``
+leaves no run directory behind. Exit codes: 0 done, 1 a run that stopped on a fault (diverged,
+checkpoints not writable, another OS error), 2 a user error, 130 / 143 stopped by SIGINT / SIGTERM
+after writing a checkpoint (resume with ``--resume``).
+
+One module per command group builds its subcommands and runs them: ``train`` (train, train-vae,
+export, study), ``sample``, ``data``, ``evaluate`` (eval *, eval-vae), ``convert``; this module
+assembles the parser and turns what a command raises into an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from moviola.cli import convert, data, evaluate, sample, train
+from moviola.cli.common import USER_ERRORS, Parser, one_line
+
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
+# the order `moviola --help` lists the commands in
+_COMMANDS = (train.add_train_parsers, evaluate.add_eval_vae_parser, sample.add_sample_parser,
+             train.add_export_parser, convert.add_convert_parser, data.add_data_parser,
+             evaluate.add_eval_parser, train.add_study_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return p
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the CLI read like its errors: one line, no source location."""
+    print(f"moviola: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"moviola: error: {one_line(msg)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("moviola: error: out of memory (ask for fewer or smaller videos, or a smaller batch)", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        from moviola.training.trainer import CheckpointWriteFailed, TrainingDiverged  # already imported if raised
+
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):  # torch's CPU and CUDA allocators
+            print(f"moviola: error: out of memory (ask for fewer or smaller videos, or a smaller batch): "
+                  f"{one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
+            return 1
+        if not isinstance(e, (TrainingDiverged, CheckpointWriteFailed)):
+            raise
+        print(f"moviola: error: {e}", file=sys.stderr)  # a run stopped on a fault: a message, not a traceback
+        return 1
+    except OSError as e:  # disk full, I/O error, ...: the system's fault, not the user's input
+        print(f"moviola: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("moviola: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,44 @@
+"""``moviola convert``: foreign checkpoints in (official Latte, diffusers Latte) and a diffusers Latte out."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("convert", help="import or export weights: official Latte .pt, diffusers Latte")
+    csub = c.add_subparsers(dest="source", required=True)
+    co = csub.add_parser("latte-official", help="an official Latte .pt (ffs, sky, taichi, ucf101) -> a checkpoint dir")
+    co.add_argument("src", help="the .pt file ({'ema', 'model'} or a bare state dict)")
+    co.add_argument("out", help="output checkpoint directory (config.json + model.safetensors)")
+    co.add_argument("--vae", required=True, help="the diffusers AutoencoderKL directory it was trained with "
+                    "(the release's vae/ folder); only its config.json is read here")
+    co.add_argument("--num-heads", type=int, help="attention heads (default: those of the named size of its width)")
+    co.add_argument("--config", help="take data/diffusion/train/sample settings from this YAML (e.g. "
+                    "configs/latte/ffs.yaml); default: the paper's")
+    co.set_defaults(fn=_cmd_convert)
+    cd = csub.add_parser("diffusers-latte", help="a diffusers LatteTransformer3DModel directory -> a checkpoint dir")
+    cd.add_argument("src", help="its save_pretrained directory (or a pipeline root with transformer/)")
+    cd.add_argument("out", help="output checkpoint directory")
+    cd.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside transformer/)")
+    cd.add_argument("--text-encoder", help="the T5 encoder directory (default: text_encoder/ beside transformer/, "
+                                           "if there is one)")
+    cd.set_defaults(fn=_cmd_convert)
+    ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
+    ce.add_argument("src", help="a checkpoint directory or a run directory")
+    ce.add_argument("out", help="output directory (config.json + diffusion_pytorch_model.safetensors)")
+    ce.add_argument("--weights", choices=["ema", "model"], default="ema")
+    ce.set_defaults(fn=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from moviola import interop as convert
+
+    if args.source == "latte-official":
+        out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
+                                       base_config=args.config)
+    elif args.source == "diffusers-latte":
+        out = convert.import_diffusers(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
+    else:
+        out = convert.export_diffusers(args.src, args.out, weights=args.weights)
+    print(f"wrote {out}")
+    return 0

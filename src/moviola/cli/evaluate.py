@@ -1,0 +1,150 @@
+"""``moviola eval shapes|fvd|fid`` and ``eval-vae``: scores of generated videos and of autoencoders."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from moviola.cli.common import check_numbers
+
+
+def add_eval_vae_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval-vae", help="PSNR, SSIM and temporal flicker of an autoencoder's reconstructions")
+    ev.add_argument("autoencoder", help="an autoencoder directory (moviola export of a train-vae run, a diffusers "
+                                        "AutoencoderKL) or a run directory")
+    ev.add_argument("--videos", help="a folder of videos (or one file) to reconstruct")
+    ev.add_argument("--shapes", type=int, help="reconstruct this many Moving Shapes test-split clips instead")
+    ev.add_argument("--frames", type=int, default=17, help="frames per clip (a causal VAE takes 1 + 4k)")
+    ev.add_argument("--size", type=int, default=64, help="frame size (videos are resized to cover it, centre-cropped)")
+    ev.add_argument("--stride", type=int, default=1, help="take every N-th frame of the videos")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--chunk-frames", type=int, help="causal VAE: encode this many frames at a time")
+    ev.add_argument("--tile-size", type=int, help="causal VAE: spatial tiles of this many pixels")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", help="write the result here")
+    ev.set_defaults(fn=_cmd_eval_vae)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate generated videos")
+    esub = e.add_subparsers(dest="metric", required=True)
+    es = esub.add_parser("shapes", help="Moving Shapes colour/shape/direction accuracy, per split")
+    es.add_argument("--checkpoint", help="a class- or text-conditional Moving Shapes checkpoint: sample every "
+                                         "class (from its label or its caption) and score")
+    es.add_argument("--image-to-video", action="store_true", help="also give each video the first frame of a "
+                                                                     "test clip of its class; adds frame-0 PSNR")
+    es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
+    es.add_argument("--per-class", type=int, default=1)
+    es.add_argument("--steps", type=int, default=50)
+    es.add_argument("--cfg", type=float)
+    es.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"], default="ddim")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--device", default=None)
+    es.add_argument("--csv", help="write one row per video here")
+    es.add_argument("--json", help="write the summary here")
+    es.set_defaults(fn=_cmd_eval_shapes)
+    ef = esub.add_parser("fvd", help="Fréchet Video Distance, StyleGAN-V protocol (docs/evaluation.md)")
+    ef.add_argument("--real", required=True, help="folder of real videos (first --clips usable ones, random offsets)")
+    ef.add_argument("--fake", required=True, help="folder of generated videos (moviola sample --out-dir), from frame 0")
+    ef.add_argument("--detector", required=True, help="local I3D file: i3d_torchscript.pt or an I3D state dict")
+    ef.add_argument("--detector-sha256", help="expected SHA-256 of the detector (overrides the pinned one)")
+    ef.add_argument("--clips", type=int, default=2048)
+    ef.add_argument("--frames", type=int, default=16)
+    ef.add_argument("--stride", type=int, default=1, help="take every N-th frame (StyleGAN-V _subsample8f: 8)")
+    ef.add_argument("--resolution", type=int, help="centre-crop and resize frames to this first (Latte: 256)")
+    ef.add_argument("--seed", type=int, default=0, help="seed of the real clips' random offsets")
+    ef.add_argument("--batch-size", type=int, default=16)
+    ef.add_argument("--no-cache", action="store_true", help="recompute the real-set statistics")
+    ef.add_argument("--device", default="cpu")
+    ef.add_argument("--json", help="write the result here")
+    ef.set_defaults(fn=_cmd_eval_fvd)
+    ei = esub.add_parser("fid", help="FID (and IS of the generated set) over frames, FID Inception from a local file")
+    ei.add_argument("--real", help="folder (or file) of real videos/images; omit for IS alone")
+    ei.add_argument("--fake", required=True, help="folder (or file) of generated videos/images")
+    ei.add_argument("--weights", required=True, help="local pt_inception-2015-12-05-6726825d.pth (pytorch-fid's "
+                                                     "release), or a directory holding it")
+    ei.add_argument("--weights-sha256", help="expected SHA-256 (or a prefix of >= 8 hex digits); overrides the pin")
+    ei.add_argument("--frame-stride", type=int, default=1, help="score every N-th frame of each video")
+    ei.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    ei.add_argument("--splits", type=int, default=10, help="Inception Score splits")
+    ei.add_argument("--batch-size", type=int, default=50)
+    ei.add_argument("--device", default="cpu")
+    ei.add_argument("--json", help="write the result here")
+    ei.set_defaults(fn=_cmd_eval_fid)
+
+
+def _report(result: dict, json_path: Optional[str]) -> int:
+    """Print a result as JSON (and write it to ``--json``)."""
+    text = json.dumps(result, indent=2)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_eval_shapes(args: argparse.Namespace) -> int:
+    from moviola.eval.shapes_eval import evaluate_checkpoint, evaluate_folder, write_rows_csv
+
+    if (args.checkpoint is None) == (args.videos is None):
+        raise ValueError("give exactly one of --checkpoint (sample and score) or --videos DIR (score files)")
+    if args.checkpoint is not None:
+        if args.per_class <= 0:
+            raise ValueError("--per-class must be at least 1")
+        check_numbers(args)
+        result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
+                                     sampler=args.sampler, seed=args.seed, device=args.device,
+                                     image_to_video=args.image_to_video)
+    else:
+        result = evaluate_folder(args.videos)
+    rows = result.pop("rows")
+    if args.csv:
+        write_rows_csv(rows, args.csv)
+    return _report(result, args.json)
+
+
+def _cmd_eval_vae(args: argparse.Namespace) -> int:
+    from moviola.eval.vae_eval import evaluate_autoencoder
+
+    result = evaluate_autoencoder(args.autoencoder, videos=args.videos, shapes=args.shapes, frames=args.frames,
+                                  size=args.size, stride=args.stride, batch_size=args.batch_size,
+                                  chunk_frames=args.chunk_frames, tile_size=args.tile_size, device=args.device)
+    return _report(result, args.json)
+
+
+def _cmd_eval_fid(args: argparse.Namespace) -> int:
+    from moviola.eval.image_metrics import fid_from_stats, frames_from_files, inception_features, inception_score
+    from moviola.eval.inception import load_inception
+    from moviola.utils import resolve_device
+
+    for name in ("frame_stride", "splits", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError("--max-frames must be at least 1")
+    model = load_inception(args.weights, sha256=args.weights_sha256, device=resolve_device(args.device))
+    frames = dict(frame_stride=args.frame_stride, max_frames=args.max_frames)
+    fake, logits = inception_features(frames_from_files(args.fake, **frames), model, args.batch_size,
+                                      keep_logits=True)
+    if logits.shape[0] < args.splits:
+        raise ValueError(f"{logits.shape[0]} generated frames for {args.splits} IS splits: lower --splits")
+    is_mean, is_std = inception_score(logits, splits=args.splits)
+    result = {"generated_frames": fake.count, "inception_score": is_mean, "inception_score_std": is_std,
+              "splits": args.splits, "weights_sha256": model.weights_sha256, **frames}
+    if args.real:
+        real = inception_features(frames_from_files(args.real, **frames), model, args.batch_size)
+        result.update(fid=fid_from_stats(real, fake), real_frames=real.count)
+    return _report(result, args.json)
+
+
+def _cmd_eval_fvd(args: argparse.Namespace) -> int:
+    from moviola.eval.fvd import fvd
+    from moviola.eval.i3d import load_detector
+    from moviola.utils import resolve_device
+
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError("--resolution must be positive")
+    detector = load_detector(args.detector, sha256=args.detector_sha256, device=resolve_device(args.device))
+    result = fvd(args.real, args.fake, detector, clips=args.clips, frames=args.frames, stride=args.stride,
+                 resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache)
+    return _report(result, args.json)

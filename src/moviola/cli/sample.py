@@ -1,0 +1,151 @@
+"""``moviola sample``: videos from a checkpoint, to one file (a grid) or a folder with a manifest."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from moviola.cli.common import check_numbers
+
+
+def add_sample_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")
+    s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    s.add_argument("--label", type=int, action="append", help="class label (repeatable)")
+    s.add_argument("--prompt", action="append", help="text prompt (repeatable; a text-to-video model)")
+    s.add_argument("--prompts-file", help="a text file with one prompt per line")
+    s.add_argument("--negative-prompt", help="what guidance steers away from (default: the empty prompt)")
+    s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
+                                   "image-to-video; resized to cover the frame size, centre-cropped")
+    s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
+    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"])
+    s.add_argument("--steps", type=int)
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
+    s.add_argument("--size", type=int, help="frame size in pixels (default: the training size)")
+    s.add_argument("--fps", type=int, default=8)
+    s.add_argument("--out", help="output file: .mp4, .gif, or .png (a grid of all videos)")
+    s.add_argument("--out-dir", help="write one file per video plus manifest.jsonl here")
+    s.add_argument("--format", choices=["mp4", "gif", "png"], default="mp4", help="file type for --out-dir")
+    s.add_argument("--weights", choices=["ema", "model"], default="ema")
+    s.add_argument("--device", default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=_cmd_sample)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import moviola
+
+    _check_sample_args(args)
+    prompts = _read_prompts(args)
+    if args.label and prompts is not None:
+        raise ValueError("give --label or --prompt/--prompts-file, not both")
+    if args.negative_prompt is not None and prompts is None:
+        raise ValueError("--negative-prompt needs --prompt or --prompts-file")
+    pipe = moviola.load_pipeline(args.checkpoint, weights=args.weights, device=args.device)
+    labels = None
+    if args.label:
+        labels = [y for y in args.label for _ in range(args.num_videos)]
+    elif "labels" in pipe.accepts and prompts is None:
+        labels = [i % pipe.config.conditions.num_classes for i in range(args.num_videos)]
+    if prompts is not None:
+        prompts = [p for p in prompts for _ in range(args.num_videos)]
+    elif "text" in pipe.accepts:
+        raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    video = pipe(labels=labels, prompt=prompts, negative_prompt=args.negative_prompt, image=args.image,
+                 num_videos=args.num_videos, num_frames=args.frames, height=args.size,
+                 width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
+                 seed=args.seed, progress=not args.quiet)
+    if args.out_dir:
+        _write_folder(video, args, pipe, labels, prompts)
+    if args.out:
+        _write_file(video, args)
+    return 0
+
+
+def _check_sample_args(args: argparse.Namespace) -> None:
+    """The argument errors found before a checkpoint is loaded (so a typo costs no load)."""
+    if args.num_videos <= 0:
+        raise ValueError("--num-videos must be at least 1")
+    check_numbers(args)
+    if args.out is None and args.out_dir is None:
+        raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
+    if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):
+        raise ValueError(f"--out {args.out}: the suffix must be .mp4, .gif or .png")
+
+
+def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[int]],
+                  prompts: Optional[list[str]]) -> None:
+    """One file per video plus manifest.jsonl: its seed and condition (what eval shapes scores it by)."""
+    from moviola.video import save_video
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "manifest.jsonl", "w") as f:
+        for i, v in enumerate(video):
+            name = f"{i:05d}.{args.format}"
+            save_video(v, out_dir / name, fps=args.fps)
+            row = {"file": name, "seed": args.seed + i}
+            if labels is not None:
+                row["label"] = labels[i]
+                row.update(_label_caption(pipe, labels[i]))
+            if prompts is not None:
+                row["prompt"] = prompts[i]
+                row.update(_prompt_attributes(prompts[i]))
+            if args.image:
+                row["image"] = str(args.image)
+            f.write(json.dumps(row) + "\n")
+    print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
+
+
+def _write_file(video, args: argparse.Namespace) -> None:
+    """--out: one video as it is, several as a grid."""
+    from moviola.video import save_video, save_video_grid
+
+    if len(video) == 1:
+        save_video(video[0], args.out, fps=args.fps)
+    else:
+        save_video_grid(video, args.out, fps=args.fps)
+    print(f"wrote {args.out} ({len(video)} video{'s' if len(video) > 1 else ''}, "
+          f"{video.shape[2]} frames of {video.shape[3]}×{video.shape[4]})")
+
+
+def _label_caption(pipe, label: int) -> dict:
+    from moviola.data.shapes import NUM_CLASSES, caption, label_to_attributes
+
+    if pipe.config.data.dataset == "shapes" and pipe.config.conditions.num_classes == NUM_CLASSES and label >= 0:
+        colour, shape, direction = label_to_attributes(label)
+        return {"caption": caption(colour, shape, direction), "colour": colour, "shape": shape,
+                "direction": direction}
+    return {}
+
+
+def _read_prompts(args: argparse.Namespace) -> Optional[list[str]]:
+    """--prompt (repeatable) and --prompts-file (one prompt per line; blank lines skipped), in that order."""
+    if args.prompt is None and args.prompts_file is None:
+        return None
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {path}: no such file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompts-file {path}: not UTF-8 text (one prompt per line)") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts given: --prompts-file is empty (one prompt per line)"
+                         if args.prompts_file is not None else "no prompts given")
+    return prompts
+
+
+def _prompt_attributes(prompt: str) -> dict:
+    """colour/shape/direction when the prompt is a Moving Shapes caption (so eval shapes can score it)."""
+    from moviola.data.shapes import parse_caption
+
+    parsed = parse_caption(prompt)
+    return {} if parsed is None else dict(zip(("colour", "shape", "direction"), parsed))
