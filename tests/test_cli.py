@@ -18,7 +18,8 @@ from moviola.training import trainer as trainer_mod
 
 TINY_YAML = """\
 name: cli-tiny
-model: {size: tiny, patch_size: 8, hidden_size: 32, depth: 2, num_heads: 2, num_classes: 48}
+model: {size: tiny, patch_size: 8, hidden_size: 32, depth: 2, num_heads: 2}
+conditions: {num_classes: 48}
 data: {size: 32, frames: 4, count: 8}
 train: {steps: 4, batch_size: 2, lr: 1e-3, log_every: 2, checkpoint_every: 2, device: cpu, precision: fp32}
 sample: {steps: 3, cfg: 2.0}
@@ -86,7 +87,7 @@ def test_unknown_set_key_suggests(tmp_path, capsys):
 @pytest.mark.parametrize("edit,needles", [
     (("steps: 4", 'steps: "abc"'), ("train.steps", "integer")),
     (("lr: 1e-3", "lr: fast"), ("train.lr",)),
-    (("num_classes: 48", "num_classes: [1]"), ("model.num_classes",)),
+    (("num_classes: 48", "num_classes: [1]"), ("conditions.num_classes",)),
 ])
 def test_wrong_type_exits_2(tmp_path, capsys, edit, needles):
     cfg = write_config(tmp_path, TINY_YAML.replace(*edit))
