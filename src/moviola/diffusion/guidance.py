@@ -1,6 +1,7 @@
 """Classifier-free guidance, generic over every ``Conditioning`` field (Ho & Salimans 2022)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional, Union
 
 import torch
@@ -56,11 +57,25 @@ def guided_model_fn(
     uncond: Optional[Conditioning],
     scale: float,
     learned_sigma: bool = False,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    self_condition: bool = False,
+) -> Callable[..., torch.Tensor]:
     """A ``model_fn(x_t, t)`` for ``samplers.sample`` that applies classifier-free guidance.
 
     t may be a number, a (B,) or a (B, T) tensor. A single value is expanded to the batch.
+    With ``self_condition`` it is ``model_fn(x_t, t, state)``: the sampler's previous x0 estimate
+    (``state.pred_x0``; zeros at the first step, as self-conditioned training's first pass) goes
+    into ``self_cond`` of both branches, so guidance is on the other fields only.
     """
-    def model_fn(x_t: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
-        return classifier_free_guidance(model, x_t, t, cond, uncond, scale, learned_sigma)
-    return model_fn
+    if not self_condition:
+        def model_fn(x_t: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
+            return classifier_free_guidance(model, x_t, t, cond, uncond, scale, learned_sigma)
+        return model_fn
+    if uncond is None and scale != 1.0:
+        uncond = cond.null()  # before self_cond is set: the estimate is not nulled
+
+    def self_conditioned_fn(x_t: torch.Tensor, t: Union[int, torch.Tensor], state) -> torch.Tensor:
+        prev = state.pred_x0 if state.pred_x0 is not None else torch.zeros_like(x_t)
+        c = dataclasses.replace(cond, self_cond=prev)
+        u = None if uncond is None else dataclasses.replace(uncond, self_cond=prev)
+        return classifier_free_guidance(model, x_t, t, c, u, scale, learned_sigma)
+    return self_conditioned_fn
