@@ -140,3 +140,13 @@ def test_the_checker_sees_late_and_plain_imports(tmp_path, source, needle):
     found = imported_modules(fake, package="moviola.nn")
     assert any(room_of(d) == needle for d in found), found
     assert ROW[needle] > ROW["nn"]
+
+
+def test_sampler_names_are_spelled_once():
+    """config/ sits below diffusion/, so its Literal cannot import the registry: it must list the same names."""
+    import typing
+
+    from moviola.config import SampleConfig
+    from moviola.diffusion.samplers import SAMPLERS
+
+    assert typing.get_args(typing.get_type_hints(SampleConfig)["sampler"]) == tuple(SAMPLERS)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from moviola.config import ConfigError, RunConfig, config_from_json, load_config, to_dict, yaml_load
+from moviola.diffusion.samplers import SAMPLERS
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir")
 _EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
@@ -119,8 +120,8 @@ def load_study(path: Union[str, Path]) -> Study:
         raise ConfigError(f"{path}: eval must be a mapping")
     _check_keys(ev, _EVAL, f"{path}: eval")
     study_eval = StudyEval(**ev)
-    if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in ("ddim", "ddpm", "dpm++2m"):
-        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1 and sampler ddim, ddpm or dpm++2m")
+    if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in SAMPLERS:
+        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1 and a sampler of {', '.join(SAMPLERS)}")
     return Study(name=name, steps=steps, variants=tuple(variants), set=_overrides(tree.get("set"), f"{path}: set"),
                  eval=study_eval, runs_dir=str(tree.get("runs_dir") or Path("runs") / "studies" / name),
                  out_dir=str(tree.get("out_dir") or Path("docs") / "studies" / name), source=str(path))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from moviola.cli.common import check_numbers
+from moviola.diffusion.samplers import SAMPLERS
 
 
 def add_eval_vae_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--per-class", type=int, default=1)
     es.add_argument("--steps", type=int, default=50)
     es.add_argument("--cfg", type=float)
-    es.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"], default="ddim")
+    es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--device", default=None)
     es.add_argument("--csv", help="write one row per video here")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from moviola.cli.common import check_numbers
+from moviola.diffusion.samplers import SAMPLERS
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
                                    "image-to-video; resized to cover the frame size, centre-cropped")
     s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
-    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpm++2m"])
+    s.add_argument("--sampler", choices=list(SAMPLERS))
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
