@@ -19,11 +19,12 @@ class Recorder(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.inner, self.calls = model, []
+        self.inner, self.calls, self.timesteps = model, [], []
         self.accepts, self.learned_sigma = model.accepts, model.learned_sigma
 
     def forward(self, x, t, cond=None):
         self.calls.append(cond)
+        self.timesteps.append(t)
         return self.inner(x, t, cond)
 
 
@@ -103,3 +104,21 @@ def test_only_given_frames_as_the_condition_are_nulled_for_guidance():
     conds = pipe.conditions(1, FRAMES, SIZE, SIZE, frames={0: [image(0)]})
     assert conds.guided and conds.uncond.context_mask.sum() == 0 and conds.cond.context_mask.sum() == 1
     assert isinstance(conds.cond, Conditioning)
+
+
+def test_denoise_walks_a_per_frame_plan_with_given_frames_clean():
+    """A plan with the given frame clean (-1) keeps that frame's latent exactly and steps the others."""
+    from moviola.diffusion.plans import uniform_plan, with_clean_frames
+    from moviola.diffusion.schedule import spaced_timesteps
+
+    pipe, rec = make_pipe()
+    conds = pipe.conditions(1, FRAMES, SIZE, SIZE, labels=[5], frames={2: [image(4)]})
+    given = conds.cond.context_mask[0, 0, :, 0, 0].bool()  # (T,)
+    plan = with_clean_frames(uniform_plan(spaced_timesteps(3, 1000), FRAMES), given)
+    x_T = conds.cond.context.clone() + torch.randn(1, 3, FRAMES, SIZE, SIZE) * (~given).float()[None, None, :, None, None]
+    z = pipe.denoise(conds, x_T, [torch.Generator().manual_seed(0)], 2.0, "ddim", 3, 0.0, plan=plan)
+    assert torch.equal(z[:, :, 2], conds.cond.context[:, :, 2])  # clean throughout
+    assert not torch.equal(z[:, :, 0], x_T[:, :, 0])
+    assert len(rec.timesteps) == 3  # one (guided, doubled-batch) call per step
+    for t in rec.timesteps:  # per-frame levels: the given frame is shown t = 0, the others their level
+        assert t.shape == (2, FRAMES) and (t[:, 2] == 0).all() and (t[:, 0] > 0).all()

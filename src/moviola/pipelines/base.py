@@ -193,8 +193,13 @@ class Pipeline:
 
     # ---------------------------------------------------------------- step 2: denoise
     def denoise(self, conds: Conditions, x_T: torch.Tensor, generators: Sequence[torch.Generator], scale: float,
-                sampler: str, steps: int, eta: float, progress: bool = False) -> torch.Tensor:
-        """A latent batch from its start noise ``x_T`` under classifier-free guidance of strength ``scale``."""
+                sampler: str, steps: int, eta: float, progress: bool = False,
+                plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A latent batch from its start noise ``x_T`` under classifier-free guidance of strength ``scale``.
+
+        ``plan``: a ``(steps, T)`` timestep plan (diffusion/plans.py: per-frame levels, clean frames) instead
+        of ``steps`` evenly spaced levels shared by every frame.
+        """
         c = self.config
         cond = conds.cond.to(self.device) if conds.guided else Conditioning()
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
@@ -203,7 +208,7 @@ class Pipeline:
         return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
                       prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
                       timestep_spacing=c.diffusion.timestep_spacing, generator=list(generators),
-                      x_T=x_T.to(self.device), progress=progress)
+                      x_T=x_T.to(self.device), progress=progress, plan=plan)
 
     # ---------------------------------------------------------------- step 3: decode
     def decode(self, z: torch.Tensor, conds: Optional[Conditions] = None) -> torch.Tensor:
