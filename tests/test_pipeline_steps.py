@@ -6,7 +6,7 @@ import torch
 
 from moviola import Conditioning
 from moviola.autoencoders import IdentityAutoencoder
-from moviola.config import ConditionsConfig, LatteConfig, load_config
+from moviola.config import load_config
 from moviola.diffusion import build_schedule
 from moviola.models.registry import build_model
 from moviola.pipelines import Pipeline

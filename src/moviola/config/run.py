@@ -150,7 +150,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Reject impossible settings before any compute."""
-        d, t, c = self.data, self.train, self.conditions
+        d, t = self.data, self.train
         values = dict(numbers(self))
         check_ranges(values, RUN_RANGES + getattr(self.model, "RANGES", ()))
         if not self.name or self.name in (".", "..") or any(ch in self.name for ch in "/\\\0"):

@@ -1,9 +1,10 @@
-"""The training loops: diffusion (trainer.py) and autoencoders (vae_trainer.py), chosen by ``train.task``."""
+"""Training: the run loop (loop.py) and the tasks it runs, diffusion (trainer.py) and autoencoders
+(vae_trainer.py); ``train.task`` names a run's task."""
 from __future__ import annotations
 
 
 def trainer_for(cfg) -> type:
-    """The trainer class of a run's ``train.task``."""
+    """The trainer class (the run loop with its task) of a run's ``train.task``."""
     if cfg.train.task == "autoencoder":
         from moviola.training.vae_trainer import VAETrainer
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # VGG16's convolutional part: channel counts, "M" = 2×2 max-pool (torchvision's `features` indices follow

@@ -1,8 +1,9 @@
 """Autoencoder training (`moviola train-vae`): a frame VAE or a causal 3-D VAE, from scratch.
 
-The run mechanics are the diffusion trainer's (``Trainer``: run directory, resume that continues
-exactly, SIGINT/SIGTERM checkpoints, the non-finite-step and disk-full rules, metrics.jsonl);
-this class replaces what is trained and how (the losses are in ``vae_losses.py``):
+``train.task: autoencoder``. The run mechanics are the run loop's (``loop.py``: run directory,
+resume that continues exactly, SIGINT/SIGTERM checkpoints, the non-finite-step and disk-full
+rules, metrics.jsonl); :class:`AutoencoderTask` is what is trained and how (the losses are in
+``vae_losses.py``):
 
     loss_G = rec' + kl_weight · KL/pixels + [step ≥ adv_start] · adv_weight · λ · (−mean D(x̂)),
     rec' = rec + perceptual_weight · LPIPS (optional, ``perceptual.py``; λ balances against rec')
@@ -27,20 +28,25 @@ from typing import Optional
 import torch
 
 from moviola.autoencoders import build_autoencoder
-from moviola.config import ConfigError, RunConfig, to_dict
+from moviola.config import ConfigError, RunConfig
 from moviola.config.autoencoder import trains_autoencoder
 from moviola.data import build_dataset
-from moviola.io.checkpoint import check_state_dict, load_weights, save_checkpoint
+from moviola.io.checkpoint import check_state_dict, load_weights
+from moviola.training.data import BatchPlan
 from moviola.training.ema import EMA
+from moviola.training.loop import RunLoop
 from moviola.training.perceptual import LPIPS, MIN_SIZE, video_lpips
-from moviola.training.trainer import Trainer, batch_indices, collate, lr_at
+from moviola.training.task import Task, lr_at
 from moviola.training.vae_losses import (LeCam, PatchDiscriminator3D, adaptive_weight, generator_adv_loss,
                                          hinge_d_loss, kl_per_pixel, last_layer_weight, reconstruction_loss)
 from moviola.utils import autocast
 
 
-class VAETrainer(Trainer):
-    def _check(self, cfg: RunConfig) -> None:
+class AutoencoderTask(Task):
+    """A frame or causal VAE (or the temporal layers of one), its EMA, a 3-D patch discriminator and LeCam."""
+
+    def check(self) -> None:
+        cfg = self.cfg
         if cfg.autoencoder.kind == "identity":
             raise ConfigError("train-vae trains an autoencoder: set autoencoder.kind to frame_vae, causal_vae or "
                               "temporal_decoder")
@@ -62,19 +68,19 @@ class VAETrainer(Trainer):
             if cfg.data.size < MIN_SIZE:
                 raise ConfigError(f"the perceptual loss (VGG16) needs frames of at least {MIN_SIZE} pixels, "
                                   f"data.size is {cfg.data.size}: raise it or set vae.perceptual_weight=0")
-        self.text = None
 
-    def _build(self, init_from: Optional[str]) -> None:
+    def build(self, dataset, plan: BatchPlan, init_from: Optional[str]) -> None:
         cfg, v = self.cfg, self.cfg.vae
         if init_from:
             raise ConfigError("train-vae has no --init-from; a run continues with --resume")
-        self.autoencoder = self.model = build_autoencoder(cfg.autoencoder).to(self.device).train()
-        if hasattr(self.model, "trainable_parameters"):  # the temporal decoder: its encoder (and base) stay frozen
-            trainable = list(self.model.trainable_parameters())
+        self.dataset, self.plan = dataset, plan
+        model = self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device).train()
+        if hasattr(model, "trainable_parameters"):  # the temporal decoder: its encoder (and base) stay frozen
+            trainable = list(model.trainable_parameters())
         else:
-            self.model.requires_grad_(True)
-            trainable = list(self.model.parameters())
-        self.ema = EMA(self.model, cfg.train.ema_decay)
+            model.requires_grad_(True)
+            trainable = list(model.parameters())
+        self.ema = EMA(model, cfg.train.ema_decay)
         self.disc = PatchDiscriminator3D(v.disc_channels, v.disc_layers).to(self.device) if v.adv_weight > 0 else None
         self.lecam = LeCam(v.lecam_decay).to(self.device)
         self.perceptual = None
@@ -88,24 +94,19 @@ class VAETrainer(Trainer):
         if self.disc is not None:
             groups.append({"params": list(self.disc.parameters()), "lr": t.lr * v.disc_lr_mult, "name": "disc"})
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.last_layer = last_layer_weight(self.model)
+        self.last_layer = last_layer_weight(model)
         if self.disc is not None and v.adaptive_weight and self.last_layer is None:
             raise ConfigError("vae.adaptive_weight needs the decoder's last layer, which this autoencoder does not expose")
+        self.model = self.wrap(model)
 
     # ---------------------------------------------------------------- checkpoints
-    def _extra(self) -> dict[str, torch.Tensor]:
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"lecam.{k}": v for k, v in self.lecam.state_dict().items()}
         if self.disc is not None:
             out.update({f"disc.{k}": v for k, v in self.disc.state_dict().items()})
         return out
 
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.step, to_dict(self.cfg), self.model,
-                               self.ema.model, self.optimizer, self.run_state(), extra_tensors=self._extra(),
-                               keep_last=self.cfg.train.keep_last)
-
-    def _load_weights(self, path: Path) -> None:
-        super()._load_weights(path)
+    def load_extra(self, path: Path) -> None:
         extra = load_weights(path, "extra")
         lecam = {k[len("lecam."):]: v for k, v in extra.items() if k.startswith("lecam.")}
         self.lecam.load_state_dict(lecam)
@@ -115,14 +116,14 @@ class VAETrainer(Trainer):
             self.disc.load_state_dict(disc)
 
     # ---------------------------------------------------------------- one step
-    def make_batch(self, step: int, batch: Optional[dict] = None):
+    def make_batch(self, step: int, batch: Optional[dict] = None) -> tuple[torch.Tensor, torch.Generator]:
+        """Step ``step``'s videos (read here when ``batch`` is None) and the generator of its draws."""
         if batch is None:
-            idx = batch_indices(step, self.cfg.train.batch_size, len(self.dataset), self.cfg.train.seed)
-            batch = collate([self.dataset[i] for i in idx])
+            batch = self.read_batch(step)
         g = torch.Generator(device="cpu").manual_seed(self.cfg.train.seed * 1_000_003 + step)
         return batch["video"].to(self.device), g
 
-    def train_step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
+    def step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
         cfg, v = self.cfg, self.cfg.vae
         video, g = self.make_batch(step, batch)
         for group in self.optimizer.param_groups:
@@ -154,7 +155,7 @@ class VAETrainer(Trainer):
         if not torch.isfinite(loss):
             return None
         loss.backward()
-        grad_norm = self._clip(self.optimizer.param_groups[0]["params"])
+        grad_norm = float(self.clip(self.optimizer.param_groups[0]["params"]))  # the autoencoder's group
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -171,14 +172,10 @@ class VAETrainer(Trainer):
             d_loss.backward()
             self.lecam.update(real, fake)
             metrics.update(d_loss=d_loss.item(), d_real=real.mean().item(), d_fake=fake.mean().item(),
-                           d_grad_norm=self._clip(self.disc.parameters()))
+                           d_grad_norm=float(self.clip(list(self.disc.parameters()))))
         self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.raw_model)
         return {"loss": loss.item(), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], **metrics}
-
-    def _clip(self, params) -> float:
-        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(list(params), clip))
 
     @torch.no_grad()
     def judge(self, n: int = 4) -> dict:
@@ -201,6 +198,12 @@ def held_out_clips(cfg: RunConfig, n: int) -> Optional[torch.Tensor]:
     d = cfg.data
     test = MovingShapes(split="test", count=n, size=d.size, frames=d.frames, seed=d.seed, bounce=d.bounce, cache=False)
     return torch.stack([test[i]["video"] for i in range(n)])
+
+
+class VAETrainer(RunLoop):
+    """Autoencoder training: the run loop (``loop.py``) with :class:`AutoencoderTask`."""
+
+    task_class = AutoencoderTask
 
 
 @torch.no_grad()
@@ -228,8 +231,7 @@ def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema
     ae.eval()
     if cfg.autoencoder.kind != "temporal_decoder":  # the temporal decoder keeps its base's latents unchanged
         dataset = build_dataset(cfg.data)
-        t = cfg.train
-        batches = (collate([dataset[i] for i in batch_indices(s, t.batch_size, len(dataset), t.seed)])["video"]
-                   for s in range(cfg.vae.latent_stats_batches))
+        plan = BatchPlan(cfg.train.batch_size, cfg.train.seed)
+        batches = (plan.read(dataset, s)["video"] for s in range(cfg.vae.latent_stats_batches))
         ae.measure_latent_stats(batches)
     return write_new_directory(out, ae.save_pretrained)

@@ -1,0 +1,353 @@
+"""The run loop: one run directory, resumable, crash-safe, for any task (``task.py``).
+
+Run directory layout::
+
+    <run>/config.json          the resolved config (every key, defaults filled in)
+    <run>/metrics.jsonl        one JSON line per logged step (loss, lr, grad norm, it/s, ...)
+    <run>/checkpoints/step_*/  checkpoints (see io/checkpoint.py), the newest K kept
+
+Determinism: the batch of step ``s`` is a pure function of ``(train.seed, s)`` (``data.py``), and
+so is every draw a task makes for it (which timesteps, which noise, which labels are dropped),
+so a resumed run sees exactly the data an uninterrupted run would have seen. A checkpoint also
+stores the global RNG states (torch, numpy, python), the partial loss-log window and the fault
+counters, so a resumed run's weights, EMA, optimizer and loss log are bit-identical to an
+uninterrupted run's (tests/test_reliability.py).
+
+Faults (the rules; docs/reliability.md has the table of injected faults):
+
+- A non-finite loss or gradient skips the step (no optimizer or EMA update), logs a
+  ``skipped_step`` row and counts it; ``train.max_bad_steps`` consecutive ones raise
+  :class:`TrainingDiverged` before anything else is written, so the last good checkpoint stays.
+- A checkpoint write that fails (``OSError``: disk full, I/O error, a short file) leaves the
+  previous checkpoints intact, prints a warning, logs a ``checkpoint_failed`` row and training
+  continues: the next checkpoint interval retries. ``train.max_failed_saves`` failures in a row,
+  or a failed final checkpoint (end of training or a stop signal, where there is no later
+  interval), raise :class:`CheckpointWriteFailed`: the run stops, naming the newest valid
+  checkpoint to resume from.
+- SIGINT / SIGTERM finish the current step, write a checkpoint and stop (``stopped_by`` holds the
+  signal's name); a second SIGINT aborts at once, the newest complete checkpoint stays valid.
+- Unusable data items are skipped and counted (``data_skipped`` rows: at the start, and whenever
+  a new bad item turns up while reading, also from DataLoader workers).
+- On resume, ``metrics.jsonl`` rows past the checkpoint's step (work lost with a killed process,
+  redone after the resume) and a torn last line are dropped, so the log reads as one run.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from moviola.config import ConfigError, RunConfig, save_config, to_dict
+from moviola.data import build_dataset
+from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
+from moviola.training.data import BatchPlan, step_batches
+from moviola.training.task import Task
+from moviola.utils import resolve_device
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps: the run stops, its last good checkpoint intact."""
+
+
+class CheckpointWriteFailed(RuntimeError):
+    """Checkpoints could not be written (see the module docstring's rule); earlier ones are intact."""
+
+
+def _rng_states() -> dict:
+    states = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode("ascii") for s in torch.cuda.get_rng_state_all()]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states["numpy"] = [kind, keys.tolist(), pos, has_gauss, gauss]
+    version, inner, gauss_next = random.getstate()
+    states["python"] = [version, list(inner), gauss_next]
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    if "torch" in states:
+        torch.set_rng_state(tensor(states["torch"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensor(s) for s in states["cuda"]])
+    if "numpy" in states:
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "python" in states:
+        version, inner, gauss_next = states["python"]
+        random.setstate((version, tuple(inner), gauss_next))
+
+
+class RunLoop:
+    """Runs a task (``task_class``, set by a subclass: ``Trainer``, ``VAETrainer``) in a run directory.
+
+    The task's own attributes (``model``, ``ema``, ``make_batch``, ...) read through the loop, so
+    ``trainer.model`` is the task's model.
+    """
+
+    task_class: type[Task] = Task
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+                 on_step: Optional[Callable[[int, dict], None]] = None, init_from: Optional[str] = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.on_step = on_step
+        self.device = resolve_device(cfg.train.device)
+        self.rank, self.world_size = 0, 1  # one process (training/distributed.py will set these)
+        if cfg.train.precision == "fp16":
+            # fp16 gradients underflow without loss scaling, which the trainer does not do (yet)
+            raise ConfigError("train.precision=fp16 is not supported for training (no loss scaling); "
+                              "use bf16 (CPU and recent GPUs) or fp32")
+        ckpt_dir = self.run_dir / "checkpoints"
+        self._check_run_dir(ckpt_dir, resume, init_from)
+        self.task = self.task_class(cfg, self.device, self.log, quiet)
+        self.task.check()
+
+        torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config
+        np.random.seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        dataset = build_dataset(cfg.data)
+        if len(dataset) == 0:
+            raise ConfigError("the training set is empty")
+        self.task.check_dataset(dataset)
+        self.plan = BatchPlan(cfg.train.batch_size, cfg.train.seed, self.rank, self.world_size)
+        self.task.build(dataset, self.plan, init_from)
+        self.dataset = self.task.dataset  # what the task trains on (data.latent_cache wraps the dataset)
+        self._init_counters()
+        if resume:
+            self._load(resolve_checkpoint(ckpt_dir))
+            self._trim_metrics(self.step)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            # no checkpoint here: whatever an earlier process logged is work that did not survive
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            save_config(cfg, self.run_dir / "config.json")
+
+    def _check_run_dir(self, ckpt_dir: Path, resume: bool, init_from: Optional[str]) -> None:
+        has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*"))
+        if has_ckpt and not resume:
+            raise ConfigError(f"run directory {self.run_dir} already has checkpoints: pass --resume to "
+                              "continue it, or choose another --run-dir")
+        if resume and not has_ckpt:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
+        if resume and init_from:
+            raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint")
+
+    def _init_counters(self) -> None:
+        self.step = 0
+        self.bad_steps_total = 0
+        self.bad_steps_run = 0
+        self.failed_saves = 0  # consecutive failed checkpoint writes
+        self.stopped_by: Optional[str] = None  # the signal that stopped train(), if one did
+        self._stop_signal: Optional[str] = None
+        self._window_loss, self._window_n = 0.0, 0  # the loss-log window, saved so resume logs the same
+        self._probe_skipped = Counter(getattr(self.dataset, "skipped", None) or {})  # found at init
+        self.data_bad: dict[str, str] = {}  # items found unusable while reading: file -> reason
+
+    def __getattr__(self, name: str):
+        # only for names the loop does not have: the task's model, ema, make_batch, text, ...
+        task = self.__dict__.get("task")
+        if task is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(task, name)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _load(self, path: Path) -> None:
+        state = self.task.load(path)
+        self.step = int(state["step"])
+        self.bad_steps_total = int(state.get("bad_steps_total", 0))
+        self.bad_steps_run = int(state.get("bad_steps_run", 0))
+        self._window_loss, self._window_n = state.get("log_window", (0.0, 0))
+        self.data_bad = dict(state.get("data_bad", {}))
+        if "rng" in state:
+            _set_rng_states(state["rng"])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop log rows past ``step`` (redone after this resume) and a torn last line."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                ok = isinstance(row, dict) and int(row.get("step", 0)) <= step
+            except (ValueError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = path.with_name(f".metrics.jsonl.{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+            self.log(f"metrics.jsonl: dropped {dropped} rows logged after step {step} (redone now)")
+
+    def run_state(self) -> dict:
+        """Counters and RNG states a resumed run needs to continue exactly."""
+        return {**self.task.state(), "bad_steps_total": self.bad_steps_total,
+                "bad_steps_run": self.bad_steps_run, "log_window": [self._window_loss, self._window_n],
+                "data_bad": self.data_bad, "rng": _rng_states(), "torch_version": torch.__version__}
+
+    def save(self) -> Path:
+        return self.task.save(self.run_dir / "checkpoints", self.step, to_dict(self.cfg), self.run_state(),
+                              keep_last=self.cfg.train.keep_last)
+
+    def _checkpoint(self, final: bool) -> Optional[Path]:
+        """Write a checkpoint under the disk-fault rule of the module docstring."""
+        try:
+            path = self.save()
+        except CheckpointWriteError as e:
+            self.failed_saves += 1
+            kept = list_checkpoints(self.run_dir / "checkpoints")
+            intact = f"the newest valid checkpoint is {kept[-1]}" if kept else "no checkpoint has been written yet"
+            self._write_metrics({"step": self.step, "checkpoint_failed": str(e), "failed_saves": self.failed_saves})
+            if final or self.failed_saves >= self.cfg.train.max_failed_saves:
+                why = ("the final checkpoint" if final else
+                       f"{self.failed_saves} checkpoints in a row (train.max_failed_saves)")
+                raise CheckpointWriteFailed(f"stopping at step {self.step}: {why} could not be written ({e}); "
+                                            f"{intact}. Free disk space, then continue with --resume") from e
+            self._warn(f"checkpoint at step {self.step} not written ({e}); {intact}; training continues "
+                       f"and retries at the next checkpoint ({self.failed_saves}/"
+                       f"{self.cfg.train.max_failed_saves} failures in a row)")
+            return None
+        self.failed_saves = 0
+        return path
+
+    # ---------------------------------------------------------------- logging, signals, data faults
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            tqdm.write(msg)
+
+    def _write_metrics(self, row: dict) -> None:
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full disk must not end the run over a log line; checkpoints decide
+            self._warn(f"could not append to metrics.jsonl: {e}")
+
+    def _warn(self, msg: str) -> None:
+        tqdm.write(f"moviola: warning: {msg}", file=sys.stderr)  # faults are shown even with --quiet
+
+    def _handle_signal(self, signum, frame) -> None:
+        # only set a flag (no I/O here: the signal may arrive inside a write); the loop stops after
+        # this step's checkpoint. A second Ctrl-C aborts now; the newest complete checkpoint stays.
+        if self._stop_signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._stop_signal = signal.Signals(signum).name
+
+    def data_skipped(self) -> dict[str, int]:
+        """Unusable data items so far: found at init, plus found while reading (any process)."""
+        return dict(self._probe_skipped + Counter(self.data_bad.values()))
+
+    def _note_bad_items(self, bad: Optional[dict]) -> None:
+        new = {k: v for k, v in (bad or {}).items() if k not in self.data_bad}
+        if new:
+            self.data_bad.update(new)
+            self.log(f"data: skipped {', '.join(f'{k} ({v})' for k, v in sorted(new.items()))}")
+            self._write_metrics({"step": self.step + 1, "data_skipped": self.data_skipped()})  # this step's batch
+
+    # ---------------------------------------------------------------- the loop
+    def train_step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
+        """The task's step on step ``step``'s batch (read by the task when ``batch`` is None)."""
+        return self.task.step(step, batch)
+
+    def train(self, max_steps: Optional[int] = None) -> dict:
+        """Train until ``train.steps`` (or ``max_steps`` more steps); returns the last metrics row."""
+        cfg = self.cfg
+        end = cfg.train.steps if max_steps is None else min(cfg.train.steps, self.step + max_steps)
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not the main thread
+                pass
+        skipped = self.data_skipped()
+        if skipped:
+            self.log(f"data: skipped {sum(skipped.values())} unusable items {skipped}")
+            self._write_metrics({"step": self.step, "data_skipped": skipped})
+        last: dict = {}
+        self._t_window = time.perf_counter()
+        self.stopped_by = None
+        bar = tqdm(total=end, initial=self.step, disable=self.quiet, dynamic_ncols=True, desc="train")
+        workers = cfg.data.num_workers
+        batches = step_batches(self.dataset, self.plan, self.step, end, workers)
+        try:
+            while self.step < end:
+                batch = next(batches)
+                out = self.train_step(self.step, batch)
+                # a worker's batch carries what its dataset copy found; in this process the dataset knows
+                self._note_bad_items(batch.pop("bad_items", None) if workers
+                                     else getattr(self.dataset, "bad_items", None))
+                if out is None:
+                    self._bad_step(bar)
+                else:
+                    last = self._good_step(out, end, bar) or last
+                # a skipped step still counts: the checkpoint cadence, the final checkpoint and a
+                # stop signal must not depend on whether the last step was finite
+                if self._stop_signal or self.step % cfg.train.checkpoint_every == 0 or self.step == end:
+                    path = self._checkpoint(final=bool(self._stop_signal) or self.step == end)
+                    if self._stop_signal and path is not None:  # (a signal during a failed write: one more step)
+                        self.stopped_by = self._stop_signal
+                        self.log(f"{self.stopped_by}: wrote checkpoint {path}; resume with --resume")
+                        break
+        finally:
+            batches.close()
+            bar.close()
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            self._stop_signal = None
+        return last
+
+    def _bad_step(self, bar: tqdm) -> None:
+        """A step the task skipped (non-finite loss or gradient): counted, logged, fatal when too many in a row."""
+        self.bad_steps_total += 1
+        self.bad_steps_run += 1
+        self._write_metrics({"step": self.step + 1, "skipped_step": "non-finite loss or gradient",
+                             "bad_steps_total": self.bad_steps_total})
+        if self.bad_steps_run >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                f"stopping: {self.bad_steps_run} consecutive steps had a non-finite loss or "
+                f"gradient (step {self.step}); the last good checkpoint is intact in "
+                f"{self.run_dir / 'checkpoints'}. Lower train.lr or check the data.")
+        self.step += 1
+        bar.update(1)
+
+    def _good_step(self, out: dict, end: int, bar: tqdm) -> Optional[dict]:
+        """Count a finished step; log the loss window and the judge when due. Returns the row logged, if one was."""
+        t = self.cfg.train
+        self.bad_steps_run = 0
+        self.step += 1
+        self._window_loss += out["loss"]
+        self._window_n += 1
+        bar.update(1)
+        row = None
+        if self.step % t.log_every == 0 or self.step == end:
+            elapsed = time.perf_counter() - self._t_window
+            row = {"step": self.step, **out, "loss": self._window_loss / self._window_n,
+                   "it_s": self._window_n / max(elapsed, 1e-9),
+                   "bad_steps_total": self.bad_steps_total, "time": time.time()}
+            bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['it_s']:.2f}")
+            self._write_metrics(row)
+            self._window_loss, self._window_n, self._t_window = 0.0, 0, time.perf_counter()
+        if t.sample_every and self.step % t.sample_every == 0:
+            self._write_metrics({"step": self.step, **self.task.judge()})
+        if self.on_step is not None:
+            self.on_step(self.step, out)
+        return row
