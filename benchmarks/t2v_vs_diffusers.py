@@ -123,7 +123,8 @@ def build_pair(spec: dict, device: torch.device):
         for p in theirs.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     info, sd = diffusers_to_moviola(theirs.state_dict(), dict(theirs.config))
-    ours = build_model(load_config(data={"model": info["model"]}).model, in_channels=spec["latents"][0])
+    cfg = load_config(data={"model": info["model"], "conditions": info["conditions"]})
+    ours = build_model(cfg.model, cfg.conditions, in_channels=spec["latents"][0])
     ours.load_state_dict({k: v.clone() for k, v in sd.items()})  # strict: every tensor has its counterpart
     return ours.to(device).train(), theirs.to(device).train()
 

@@ -83,7 +83,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def config_for(name: str) -> dict:
     if name in CONFIGS:
         return CONFIGS[name]
-    from moviola.models.registry import LATTE_SIZES
+    from moviola.config import LATTE_SIZES
 
     size, _, patch = name.removeprefix("Latte-").partition("/")
     if size not in LATTE_SIZES or not patch.isdigit():
@@ -207,15 +207,16 @@ def run_config(name: str, precisions: list[str], threads: list[int], steps: int,
     hits every pair, and both terms of each ratio, alike.
     """
     from moviola.conditioning import Conditioning
+    from moviola.config import ConditionsConfig, LatteConfig
     from moviola.diffusion.losses import training_losses
     from moviola.diffusion.schedule import NoiseSchedule
     from moviola.models.latte import Latte
-    from moviola.models.registry import LATTE_SIZES
     from moviola.utils import autocast
 
     spec = config_for(name)
-    base = LATTE_SIZES[spec["size"]]
-    dims = {k: spec.get(k, base[k]) for k in ("hidden_size", "depth", "num_heads", "mlp_ratio")}
+    # the named size, with the dims the spec gives instead
+    model_cfg = LatteConfig(size=spec["size"], patch_size=spec["patch_size"],
+                            **{k: spec[k] for k in ("hidden_size", "depth", "num_heads", "mlp_ratio") if k in spec})
     C, T, H, W = spec["data"]
     B = spec["batch"]
     num_classes = spec.get("num_classes", 0)
@@ -225,7 +226,7 @@ def run_config(name: str, precisions: list[str], threads: list[int], steps: int,
     release_memory()
     mem_base = torch.cuda.memory_allocated(device) / 2 ** 20 if device.type == "cuda" else current_rss_mb()
 
-    model = Latte(in_channels=C, patch_size=spec["patch_size"], num_classes=num_classes, **dims).to(device).train()
+    model = Latte.from_config(model_cfg, ConditionsConfig(num_classes=num_classes), C).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     schedule = NoiseSchedule.from_name("cosine", zero_terminal_snr=True)

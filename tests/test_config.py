@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import json
 
@@ -83,14 +84,15 @@ def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
 def test_yaml_round_trip_of_a_non_default_config(tmp_path):
     text = """
 name: rt
-model: {size: S, patch_size: 4, hidden_size: 64, depth: 2, num_heads: 4, num_classes: 48, learned_sigma: true}
+model: {size: S, patch_size: 4, hidden_size: 64, depth: 2, num_heads: 4, learned_sigma: true}
+conditions: {num_classes: 48}
 data: {size: 64, frames: 8}
 diffusion: {schedule: cosine, prediction: v, zero_terminal_snr: true}
 train: {lr: 3.0e-4, betas: [0.9, 0.99], steps: 12, precision: bf16}
 sample: {cfg: 1.5, sampler: ddpm}
 """
     cfg = load_config(write_yaml(tmp_path / "a.yaml", text))
-    assert cfg.model.size == "S" and cfg.model.num_classes == 48 and cfg.model.learned_sigma is True
+    assert cfg.model.size == "S" and cfg.conditions.num_classes == 48 and cfg.model.learned_sigma is True
     assert cfg.train.betas == (0.9, 0.99) and isinstance(cfg.train.betas, tuple)
     assert cfg.train.lr == 3e-4 and cfg.data.frames == 8 and cfg.sample.sampler == "ddpm"
     assert cfg.train.batch_size == RunConfig().train.batch_size  # unspecified keys keep defaults
@@ -237,12 +239,12 @@ def test_parse_override_rejects_malformed(bad):
 
 
 def test_overrides_apply_over_the_file_and_keep_types(tmp_path):
-    path = write_yaml(tmp_path / "o.yaml", "train:\n  lr: 0.1\n  steps: 7\nmodel:\n  num_classes: 48\n")
+    path = write_yaml(tmp_path / "o.yaml", "train:\n  lr: 0.1\n  steps: 7\nconditions:\n  num_classes: 48\n")
     cfg = load_config(path, ["train.lr=1e-4", "model.learned_sigma=true", "train.betas=[0.9, 0.99]",
                              "data.frames=8"])
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 7  # untouched keys of the same section survive
-    assert cfg.model.learned_sigma is True and cfg.model.num_classes == 48
+    assert cfg.model.learned_sigma is True and cfg.conditions.num_classes == 48
     assert cfg.train.betas == (0.9, 0.99) and isinstance(cfg.train.betas, tuple)
     assert cfg.data.frames == 8
 
@@ -294,13 +296,25 @@ def test_empty_file_gives_defaults(tmp_path):
 @pytest.mark.parametrize("overrides,match", [
     (["sample.steps=1001"], r"sample\.steps=1001 is more than diffusion\.num_timesteps=1000"),
     (["train.sample_steps=5000"], r"train\.sample_steps=5000"),
-    (["model.num_classes=4"], r"does not fit Moving Shapes, which has 48 classes"),
+    # old key names on purpose: a saved config with a bad variant must fail to load, not crash later
     (["model.variant=true"], r"model\.variant: True is not one of"),
     (["model.variant=1.0"], r"model\.variant: 1\.0 is not one of"),
 ])
 def test_settings_that_would_fail_mid_run_are_refused_up_front(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("key", ["conditions.num_classes", "model.num_classes"])  # the new key and the old one
+def test_a_class_count_that_does_not_fit_moving_shapes_is_refused_before_the_run_starts(tmp_path, key):
+    """The dataset knows its class count, so the Trainer (not load_config) refuses a model with
+    another one, before any model is built or the run directory is written."""
+    from moviola.training.trainer import Trainer
+
+    cfg = load_config(overrides=[f"{key}=4", "train.device=cpu"])
+    with pytest.raises(ConfigError, match=r"conditions\.num_classes=4 does not fit Moving Shapes, which has 48 "):
+        Trainer(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
@@ -311,3 +325,189 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     cfg = load_config(overrides=["autoencoder.kind=frame_vae", "autoencoder.path=vae", "model.patch_size=1",
                                  "data.dataset=folder", "data.root=clips"])
     assert cfg.autoencoder.path == str(tmp_path / "vae") and cfg.data.root == str(tmp_path / "clips")
+
+
+# ------------------------------------------------------------------ renamed keys (configs written before the move)
+
+# every key that moved, old dotted name -> new dotted name, with a value that is not the default
+# (so loading it under either name is visible in the RunConfig)
+RENAMED = [
+    ("model.variant", 3, "model.layout", "factorized_attention"),
+    ("model.num_classes", 48, "conditions.num_classes", 48),
+    ("model.caption_channels", 24, "conditions.text_channels", 24),
+    ("model.context_frames", True, "conditions.context_frames", True),
+    ("model.class_dropout_prob", 0.2, "conditions.label_dropout", 0.2),
+    ("model.context_dropout_prob", 0.3, "conditions.context_dropout", 0.3),
+    ("text.dropout_prob", 0.15, "conditions.text_dropout", 0.15),
+    ("train.context_mode", "prefix", "conditions.context_mode", "prefix"),
+]
+
+
+@pytest.fixture()
+def notes(monkeypatch, capsys):
+    """stderr of what follows, with the loader's once-per-process memory of notes cleared (another test
+    may have loaded the same keys already)."""
+    from moviola.config import loader
+
+    monkeypatch.setattr(loader, "_NOTED", set())
+    capsys.readouterr()
+    return lambda: capsys.readouterr().err
+
+
+def as_yaml(pairs) -> str:
+    tree: dict = {}
+    for dotted, value in pairs:
+        section, key = dotted.split(".")
+        tree.setdefault(section, {})[key] = value
+    return yaml.safe_dump(tree)
+
+
+def test_old_keys_in_a_file_load_to_the_same_config_as_the_new_keys(tmp_path, notes):
+    new = load_config(write_yaml(tmp_path / "new.yaml", as_yaml((n, nv) for _, _, n, nv in RENAMED)))
+    assert notes() == ""  # the new names are silent
+    old = load_config(write_yaml(tmp_path / "old.yaml", as_yaml((o, ov) for o, ov, _, _ in RENAMED)))
+    assert old == new
+    # the values arrived under their new names (not the defaults)
+    c = new.conditions
+    assert new.model.layout == "factorized_attention"
+    assert (c.num_classes, c.text_channels, c.context_frames, c.label_dropout, c.context_dropout, c.text_dropout,
+            c.context_mode) == (48, 24, True, 0.2, 0.3, 0.15, "prefix")
+    lines = notes().splitlines()
+    assert len(lines) == 1, lines
+    assert "old.yaml" in lines[0]
+    for old_key, _, new_key, _ in RENAMED:
+        assert f"{old_key} → {new_key}" in lines[0]
+    load_config(tmp_path / "old.yaml")
+    assert notes() == ""  # once per file and process: a pipeline reads its config more than once
+
+
+def test_old_keys_as_overrides_load_to_the_same_config_as_the_new_keys(tmp_path, notes):
+    new = load_config(overrides=[f"{n}={json.dumps(v)}" for _, _, n, v in RENAMED])
+    assert notes() == ""
+    old = load_config(overrides=[f"{o}={json.dumps(v)}" for o, v, _, _ in RENAMED])
+    assert old == new
+    lines = notes().splitlines()
+    assert len(lines) == 1, lines
+    assert all(new_key in lines[0] for _, _, new_key, _ in RENAMED)
+    # a file with the new names and an old name on the command line: the same again
+    path = write_yaml(tmp_path / "half.yaml", as_yaml((n, v) for _, _, n, v in RENAMED[1:]))
+    assert load_config(path, ["model.variant=3"]) == new
+
+
+@pytest.mark.parametrize("variant,layout", [(1, "interleaved"), (2, "late_fusion"), (3, "factorized_attention"),
+                                            (4, "factorized_heads")])
+def test_each_old_variant_number_is_its_layout(variant, layout, notes):
+    assert load_config(overrides=[f"model.variant={variant}"]).model.layout == layout
+    assert "model.variant → model.layout" in notes()
+
+
+def test_an_old_checkpoint_config_json_loads_with_its_old_keys(tmp_path, notes):
+    """A config.json saved beside a checkpoint before the move still rebuilds the same run."""
+    new = load_config(overrides=[f"{n}={json.dumps(v)}" for _, _, n, v in RENAMED])
+    tree = to_dict(new)
+    for old_key, old_value, new_key, _ in RENAMED:  # write it back as the old code did
+        (new_section, new_name), (old_section, old_name) = new_key.split("."), old_key.split(".")
+        del tree[new_section][new_name]
+        tree[old_section][old_name] = old_value
+    del tree["conditions"]  # now empty: the old code had no such section
+    assert "layout" not in tree["model"] and tree["model"]["variant"] == 3
+    (tmp_path / "config.json").write_text(json.dumps(tree))
+    notes()
+    assert config_from_json(tmp_path / "config.json") == new
+    assert len(notes().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "3", "\"model\"", "null"])
+def test_a_saved_config_that_is_not_a_mapping_is_a_config_error(tmp_path, text):
+    """A damaged config.json beside a checkpoint is a one-line ConfigError (moviola: error: ...), not a crash
+    inside the renamed-key migration."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match="mapping"):
+        config_from_json(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("old_key,old_value,new_key,new_value", [
+    ("model.variant", 1, "model.layout", "late_fusion"),  # variant 1 is interleaved
+    ("model.num_classes", 47, "conditions.num_classes", 48),
+    ("model.caption_channels", 16, "conditions.text_channels", 24),
+    ("model.context_frames", False, "conditions.context_frames", True),
+    ("model.class_dropout_prob", 0.25, "conditions.label_dropout", 0.2),
+    ("model.context_dropout_prob", 0.35, "conditions.context_dropout", 0.3),
+    ("text.dropout_prob", 0.05, "conditions.text_dropout", 0.15),
+    ("train.context_mode", "ends", "conditions.context_mode", "prefix"),
+])
+def test_an_old_key_and_its_new_key_set_to_different_values_is_an_error_naming_both(old_key, old_value, new_key,
+                                                                                    new_value):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"{old_key}={json.dumps(old_value)}", f"{new_key}={json.dumps(new_value)}"])
+    assert old_key in str(e.value) and new_key in str(e.value)
+
+
+@pytest.mark.parametrize("old_key,old_value,new_key,new_value", RENAMED)
+def test_an_old_key_and_its_new_key_set_to_the_same_value_load(old_key, old_value, new_key, new_value):
+    cfg = load_config(overrides=[f"{old_key}={json.dumps(old_value)}", f"{new_key}={json.dumps(new_value)}"])
+    assert cfg == load_config(overrides=[f"{new_key}={json.dumps(new_value)}"])
+
+
+@pytest.mark.parametrize("bad", [5, 0, -1, "two"])
+def test_an_unknown_variant_number_is_a_clear_error(bad):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"model.variant={json.dumps(bad)}"])
+    msg = str(e.value)
+    assert msg.startswith(f"model.variant: {bad!r} is not one of [1, 2, 3, 4]"), msg
+    assert "model.layout" in msg and all(name in msg for name in
+                                         ("interleaved", "late_fusion", "factorized_attention", "factorized_heads"))
+    assert "\n" not in msg
+
+
+# ------------------------------------------------------------------ families: keys and conditions
+
+def test_an_unknown_model_key_names_the_family():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["model.window_size=8"])
+    assert "model.window_size" in str(e.value) and "is not a latte key" in str(e.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    """A second family's config, registered only inside the test below."""
+
+    family: Literal["fake"] = "fake"
+    window_size: int = 4
+
+
+def test_a_key_of_another_family_names_that_family(monkeypatch):
+    """With a second family registered, a key of that family on a latte config says whose key it is,
+    and a latte key on that family's config says it is a latte key."""
+    from moviola.config import models
+    from moviola.config.models import model_config_from_dict
+
+    monkeypatch.setitem(models.MODEL_CONFIGS, "fake", FakeConfig)
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["model.window_size=8"])
+    msg = str(e.value)
+    assert "model.window_size" in msg and "is not a latte key" in msg and "it is a fake key" in msg
+    assert "model.family" in msg  # how to use that family
+    with pytest.raises(ConfigError) as e:
+        model_config_from_dict({"family": "fake", "layout": "interleaved"})
+    assert "is not a fake key" in str(e.value) and "it is a latte key" in str(e.value)
+    assert model_config_from_dict({"family": "fake", "window_size": 8}) == FakeConfig(window_size=8)
+
+
+@pytest.mark.parametrize("condition", ["fps", "image", "low_res", "noise_level"])
+def test_a_condition_the_family_does_not_take_names_the_condition_and_the_family(condition):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"conditions.{condition}=true"])
+    msg = str(e.value)
+    assert f"'{condition}'" in msg and "latte" in msg
+
+
+def test_self_conditioning_is_a_condition_latte_does_not_take():
+    with pytest.raises(ConfigError, match=r"latte.*'self_cond'"):
+        load_config(overrides=["conditions.self_cond=0.5"])
+
+
+def test_the_conditions_latte_takes_load():
+    cfg = load_config(overrides=["conditions.num_classes=48", "conditions.text_channels=24",
+                                 "conditions.context_frames=true"])
+    assert cfg.conditions.wanted() == ["labels", "text", "context_frames"]

@@ -82,11 +82,12 @@ def test_export_to_diffusers_gives_the_same_output(tmp_path, vae_dir):
     cfg = load_config(data={
         "name": "t2v-tiny",
         "model": {"size": "tiny", "patch_size": 2, "hidden_size": 16, "depth": 4, "num_heads": 2, "learned_sigma": True,
-                  "injection": "adaln_single", "caption_channels": 12, "pos_base_size": 8},
+                  "injection": "adaln_single", "pos_base_size": 8},
+        "conditions": {"text_channels": 12},
         "autoencoder": {"kind": "frame_vae", "path": str(vae_dir)},
         "data": {"dataset": "folder", "root": "videos", "size": 128, "frames": 4}})
     torch.manual_seed(0)
-    model = build_model(cfg.model, in_channels=4).eval()
+    model = build_model(cfg.model, cfg.conditions, in_channels=4).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -107,27 +108,44 @@ def test_export_to_diffusers_gives_the_same_output(tmp_path, vae_dir):
 
 
 def test_name_table_covers_both_models_exactly():
-    ours = build_model(load_config(overrides=["model.injection=adaln_single", "model.caption_channels=12",
-                                              "model.hidden_size=16", "model.num_heads=2", "model.depth=4"]).model, 4)
+    cfg = load_config(overrides=["model.injection=adaln_single", "conditions.text_channels=12",
+                                 "model.hidden_size=16", "model.num_heads=2", "model.depth=4"])
+    ours = build_model(cfg.model, cfg.conditions, 4)
     table = name_table(2)
     assert {k for k, _ in table} == set(ours.state_dict())
     assert {t for _, ts in table for t in ts} == set(random_diffusers().state_dict())
+
+
+def test_converted_config_splits_into_model_conditions_and_shape():
+    """The text width is a condition (conditions.text_channels), not a model key; the sections build the model
+    whose state dict the converter returns."""
+    theirs = random_diffusers()
+    info, sd = diffusers_to_moviola(theirs.state_dict(), BASE)
+    assert set(info) == {"model", "conditions", "shape"}
+    assert info["conditions"] == {"num_classes": 0, "text_channels": 12}
+    assert info["shape"] == {"latent_size": 16, "frames": 4, "in_channels": 4}
+    assert (info["model"]["injection"], info["model"]["hidden_size"], info["model"]["depth"],
+            info["model"]["learned_sigma"], info["model"]["pos_base_size"]) == ("adaln_single", 16, 4, True, 8)
+    cfg = load_config(data={"model": info["model"], "conditions": info["conditions"]})
+    model = build_model(cfg.model, cfg.conditions, info["shape"]["in_channels"])
+    model.load_state_dict(sd)  # strict: every key and shape fits
 
 
 def test_pipeline_root_finds_transformer_and_vae(tmp_path, vae_dir):
     random_diffusers().save_pretrained(tmp_path / "Latte-1" / "transformer")
     vae_dir.rename(tmp_path / "Latte-1" / "vae")
     assert main(["convert", "diffusers-latte", str(tmp_path / "Latte-1"), str(tmp_path / "ours")]) == 0
-    assert moviola.load_model(tmp_path / "ours").caption_channels == 12
+    model = moviola.load_model(tmp_path / "ours")
+    assert model.conditions.text_channels == 12 and "text" in model.accepts
 
 
 def test_empty_prompt_means_no_text(tmp_path):
     """An all-False text_mask row (the null condition of guidance) contributes nothing, as no text."""
     _, sd = diffusers_to_moviola(random_diffusers().state_dict(), BASE)
-    cfg = load_config(overrides=["model.injection=adaln_single", "model.caption_channels=12", "model.hidden_size=16",
+    cfg = load_config(overrides=["model.injection=adaln_single", "conditions.text_channels=12", "model.hidden_size=16",
                                  "model.num_heads=2", "model.depth=4", "model.learned_sigma=true",
                                  "model.pos_base_size=8"])
-    model = build_model(cfg.model, 4).eval()
+    model = build_model(cfg.model, cfg.conditions, 4).eval()
     model.load_state_dict(sd)
     x, t, text, mask = text_inputs((16, 16))
     cond = Conditioning(text=text, text_mask=mask).null()
@@ -148,13 +166,13 @@ def test_unsupported_diffusers_configs_are_named(tmp_path, vae_dir, capsys, chan
 
 
 def test_export_refuses_what_diffusers_cannot_express(tmp_path, capsys):
-    cfg = load_config(overrides=["model.hidden_size=16", "model.num_heads=2", "model.depth=2", "model.variant=2",
-                                 "data.size=16", "data.frames=2"])
-    model = build_model(cfg.model, 3)
+    cfg = load_config(overrides=["model.hidden_size=16", "model.num_heads=2", "model.depth=2",
+                                 "model.layout=late_fusion", "data.size=16", "data.frames=2"])
+    model = build_model(cfg.model, cfg.conditions, 3)
     write_checkpoint_dir(tmp_path / "ours", cfg, model.state_dict())
     assert main(["convert", "to-diffusers", str(tmp_path / "ours"), str(tmp_path / "latte")]) == 2
     err = capsys.readouterr().err
-    assert "variant=2" in err and "injection='adaln'" in err and "caption_channels" in err
+    assert "layout='late_fusion'" in err and "injection='adaln'" in err and "text_channels" in err
 
 
 def test_a_converted_pipeline_root_samples_from_prompts_with_its_own_text_encoder(tmp_path, tiny_bert_dir):

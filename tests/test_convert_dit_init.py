@@ -33,10 +33,10 @@ def dit_state_dict(depth: int = 4, num_classes: int = 1000, learn_sigma: bool = 
 
 def model(*overrides: str):
     cfg = load_config(overrides=["model.hidden_size=32", "model.num_heads=4", "model.depth=4", "model.patch_size=2",
-                                 "model.num_classes=48", "model.learned_sigma=true", "data.size=32", "data.frames=4",
-                                 *overrides])
+                                 "conditions.num_classes=48", "model.learned_sigma=true", "data.size=32",
+                                 "data.frames=4", *overrides])
     torch.manual_seed(0)
-    return build_model(cfg.model, C)
+    return build_model(cfg.model, cfg.conditions, C)
 
 
 def test_spatial_blocks_come_from_evenly_spread_dit_blocks(tmp_path):
@@ -63,7 +63,7 @@ def test_spatial_blocks_come_from_evenly_spread_dit_blocks(tmp_path):
 
 def test_variant_3_gets_dit_attention_with_its_temporal_attention_switched_off(tmp_path):
     sd = dit_state_dict()
-    m = model("model.variant=3")
+    m = model("model.layout=factorized_attention")
     torch.save(sd, tmp_path / "dit.pt")
     init_from_dit(m, tmp_path / "dit.pt")
     ada = m.blocks[1].adaLN_modulation[1].weight
@@ -89,8 +89,9 @@ def test_trainer_init_from_starts_from_the_dit_and_refuses_resume(tmp_path):
     sd = dit_state_dict()
     torch.save(sd, tmp_path / "dit.pt")
     cfg = load_config(overrides=["model.hidden_size=32", "model.num_heads=4", "model.depth=4", "model.patch_size=2",
-                                 "model.num_classes=48", "model.learned_sigma=true", "data.size=32", "data.frames=4",
-                                 "data.count=4", "train.batch_size=2", "train.steps=1", "train.device=cpu"])
+                                 "conditions.num_classes=48", "model.learned_sigma=true", "data.size=32",
+                                 "data.frames=4", "data.count=4", "train.batch_size=2", "train.steps=1",
+                                 "train.device=cpu"])
     trainer = Trainer(cfg, tmp_path / "run", quiet=True, init_from=str(tmp_path / "dit.pt"))
     assert torch.equal(trainer.model.spatial_blocks[1].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
     assert torch.equal(trainer.ema.model.spatial_blocks[1].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
@@ -104,12 +105,13 @@ def test_cli_train_init_from_logs_what_it_loaded(tmp_path, capsys):
 
     torch.save(dit_state_dict(), tmp_path / "dit.pt")
     (tmp_path / "c.yaml").write_text(
-        "model: {hidden_size: 32, num_heads: 4, depth: 4, patch_size: 2, num_classes: 48, learned_sigma: true}\n"
+        "model: {hidden_size: 32, num_heads: 4, depth: 4, patch_size: 2, learned_sigma: true}\n"
+        "conditions: {num_classes: 48}\n"
         "data: {size: 32, frames: 4, count: 4}\ntrain: {batch_size: 2, device: cpu, log_every: 1}\n")
     assert main(["train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--steps", "1",
                  "--init-from", str(tmp_path / "dit.pt")]) == 0
     out = capsys.readouterr().out
     assert "init-from" in out and "left at initialization: temporal_blocks.{0,1}" in out
     assert main(["train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run4"), "--steps", "1",
-                 "--set", "model.variant=4", "--init-from", str(tmp_path / "dit.pt")]) == 2
-    assert "variant 4" in capsys.readouterr().err and not (tmp_path / "run4").exists()
+                 "--set", "model.layout=factorized_heads", "--init-from", str(tmp_path / "dit.pt")]) == 2
+    assert "layout factorized_heads" in capsys.readouterr().err and not (tmp_path / "run4").exists()

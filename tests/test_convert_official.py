@@ -133,8 +133,9 @@ def test_every_official_size_maps_every_key(size, p):
         assert len(sd) == 293  # the reference count for XL/2 with a label table
     info, out = official_to_moviola(sd)
     m = info["model"]
-    assert (m["size"], m["hidden_size"], m["depth"], m["patch_size"], m["num_classes"], m["learned_sigma"]) == \
-        (size, D, depth, p, num_classes, True)
+    assert set(info) == {"model", "conditions", "shape"}
+    assert (m["size"], m["hidden_size"], m["depth"], m["patch_size"], m["learned_sigma"]) == (size, D, depth, p, True)
+    assert info["conditions"] == {"num_classes": num_classes}
     assert info["shape"] == {"latent_size": 32, "frames": 16, "in_channels": 4}
     for k, v in sd.items():  # every tensor landed where it belongs (the very same tensor object)
         if k in ("pos_embed", "temp_embed"):
@@ -144,7 +145,8 @@ def test_every_official_size_maps_every_key(size, p):
             k = f"{'temporal' if int(i) % 2 else 'spatial'}_blocks.{int(i) // 2}.{rest}"
         assert out[k] is v
     assert len(out) == len(sd) - 2
-    cfg = load_config(data={"model": m, "data": {"dataset": "folder", "root": "ucf101", "size": 32, "frames": 16}})
+    cfg = load_config(data={"model": m, "conditions": info["conditions"],
+                            "data": {"dataset": "folder", "root": "ucf101", "size": 32, "frames": 16}})
     check_state_dict(model_on_meta(cfg, 4), out, f"Latte-{size}/{p}")  # names and shapes of moviola's model
 
 
@@ -161,6 +163,7 @@ def test_converted_checkpoint_gives_the_official_output(tmp_path, vae_dir, num_c
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert cfg["data"]["size"] == 64 and cfg["data"]["frames"] == 4 and cfg["data"]["frame_stride"] == 3
     assert cfg["diffusion"]["schedule"] == "linear" and cfg["model"]["learned_sigma"] is True
+    assert cfg["conditions"]["num_classes"] == num_classes and "num_classes" not in cfg["model"]  # new keys written
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 4, 4, 8, 8, generator=g)  # official layout (B, F, C, H, W)
     t = torch.tensor([3, 801])

@@ -31,7 +31,8 @@ from moviola.training.trainer import Trainer
 
 CONFIG = """\
 name: crash
-model: {{size: tiny, patch_size: 8, hidden_size: 32, depth: 2, num_heads: 2, num_classes: 48}}
+model: {{size: tiny, patch_size: 8, hidden_size: 32, depth: 2, num_heads: 2}}
+conditions: {{num_classes: 48}}
 data: {{size: 32, frames: 4, count: 8}}
 train: {{steps: {steps}, batch_size: 2, lr: 1e-3, log_every: 3, checkpoint_every: 1, keep_last: 2,
         device: cpu, precision: fp32, warmup_steps: 5, lr_schedule: cosine}}

@@ -10,7 +10,7 @@ from moviola.config import load_config
 from moviola.training.trainer import Trainer
 
 TINY = ["name=tiny", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32", "model.depth=2",
-        "model.num_heads=2", "model.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
+        "model.num_heads=2", "conditions.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
         "train.batch_size=2", "train.lr=1e-3", "train.device=cpu", "train.precision=fp32", "train.steps=6",
         "train.checkpoint_every=6", "sample.steps=3"]
 

@@ -11,20 +11,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moviola import Conditioning
-from moviola.config import ModelConfig
+from moviola.config import ConditionsConfig, LatteConfig
 from moviola.models.latte import Latte
-from moviola.models.registry import build_model, resolve_model_dims
+from moviola.models.registry import build_model
 from moviola.nn import Attention, sincos_2d, timestep_embedding
 from moviola.nn.embeddings import sincos_1d, sincos_temporal
 
 B, C, T, H, W = 2, 4, 4, 8, 8
 
 
-def tiny(**kw) -> Latte:
-    args = dict(in_channels=C, patch_size=2, hidden_size=32, depth=2, num_heads=4)
+def tiny(num_classes: int = 0, **kw) -> Latte:
+    """A 32-wide, 2-block interleaved Latte; ``kw`` are LatteConfig fields."""
+    args = dict(patch_size=2, hidden_size=32, depth=2, num_heads=4)
     args.update(kw)
     torch.manual_seed(0)
-    return Latte(**args).eval()
+    return Latte(LatteConfig(**args), ConditionsConfig(num_classes=num_classes), in_channels=C).eval()
 
 
 def perturb(model: torch.nn.Module, scale: float = 0.1, seed: int = 1) -> torch.nn.Module:
@@ -113,9 +114,8 @@ def test_forward_is_deterministic():
 
 
 def test_build_model_from_config_uses_the_given_dims():
-    cfg = ModelConfig(size="tiny", patch_size=4, hidden_size=48, depth=6, num_heads=3, num_classes=7,
-                      learned_sigma=True)
-    model = build_model(cfg, in_channels=3)
+    cfg = LatteConfig(size="tiny", patch_size=4, hidden_size=48, depth=6, num_heads=3, learned_sigma=True)
+    model = build_model(cfg, ConditionsConfig(num_classes=7), in_channels=3)
     assert isinstance(model, Latte)
     assert model.hidden_size == 48 and model.patch_size == 4 and model.in_channels == 3
     assert len(model.spatial_blocks) == 3 and len(model.temporal_blocks) == 3
@@ -405,12 +405,12 @@ def test_timestep_embedding_odd_dim_pads_with_zero_and_accepts_per_frame_t():
 @pytest.mark.parametrize("size,hidden,depth,heads", [("S", 384, 12, 6), ("B", 768, 12, 12),
                                                       ("L", 1024, 24, 16), ("XL", 1152, 28, 16)])
 def test_named_sizes_match_official_dims(size, hidden, depth, heads):
-    dims = resolve_model_dims(ModelConfig(size=size))
+    dims = LatteConfig(size=size).dims()
     assert (dims.hidden_size, dims.depth, dims.num_heads, dims.mlp_ratio) == (hidden, depth, heads, 4.0)
 
 
 def test_named_size_fields_can_be_overridden():
-    dims = resolve_model_dims(ModelConfig(size="XL", depth=4, num_heads=8))
+    dims = LatteConfig(size="XL", depth=4, num_heads=8).dims()
     assert (dims.hidden_size, dims.depth, dims.num_heads) == (1152, 4, 8)
 
 
@@ -419,7 +419,8 @@ def test_latte_xl2_parameter_count_matches_official():
     has 673.99 M parameters in the official count, which includes the frozen pos_embed
     (1, 256, 1152) and temp_embed (1, 16, 1152) parameters; moviola computes those on the fly."""
     with torch.device("meta"):
-        model = build_model(ModelConfig(size="XL", patch_size=2, learned_sigma=True), in_channels=4)
+        model = build_model(LatteConfig(size="XL", patch_size=2, learned_sigma=True), ConditionsConfig(),
+                            in_channels=4)
     ours = sum(p.numel() for p in model.parameters())
     expected = 673_990_000 - (256 + 16) * 1152
     assert abs(ours - expected) < 10_000, (ours, expected)

@@ -1,6 +1,7 @@
-"""Latte's design switches: the four variants, tubelets, timestep/class injection, temporal positions
-and image-video joint training. Every combination builds, runs forward and backward and trains;
-properties pin each variant down; variant 1 with default switches is today's model, bit for bit."""
+"""Latte's design switches: the four layouts (the paper's variants 1-4), tubelets, timestep/class injection,
+temporal positions and image-video joint training. Every combination builds, runs forward and backward and
+trains; properties pin each layout down; the interleaved layout (variant 1) with default switches is today's
+model, bit for bit."""
 from __future__ import annotations
 
 import itertools
@@ -12,31 +13,34 @@ import torch
 import torch.nn.functional as F
 
 from moviola import Conditioning
-from moviola.config import ConfigError, ModelConfig, load_config
+from moviola.config import ConditionsConfig, ConfigError, LatteConfig, load_config
 from moviola.data.joint import extra_image_frames
-from moviola.models.latte import (LATTE_VARIANTS, Latte, LatteFactorizedAttention, LatteFactorizedHeads,
+from moviola.models.latte import (LATTE_CLASSES, Latte, LatteFactorizedAttention, LatteFactorizedHeads,
                                   LatteLateFusion)
-from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock, LatteBlock
+from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock
 from moviola.models.registry import build_model
-from moviola.nn import Attention, apply_rope, rope_1d, sincos_2d, timestep_embedding
+from moviola.nn import Attention, TransformerBlock, apply_rope, rope_1d, sincos_2d, timestep_embedding
 from moviola.training.trainer import Trainer
 
 B, C, T, H, W = 2, 3, 4, 8, 8
-VARIANTS = [1, 2, 3, 4]
+# the paper's variants 1..4, by their layout names
+VARIANTS = ["interleaved", "late_fusion", "factorized_attention", "factorized_heads"]
+V1, V2, V3, V4 = VARIANTS
 PATCHES = ["frame", "tubelet"]
 INJECTIONS = ["adaln", "tokens"]
 POSITIONS = ["abs", "rope"]
 COMBOS = list(itertools.product(VARIANTS, PATCHES, INJECTIONS, POSITIONS))
 
 
-def make(variant: int = 1, patch_embed: str = "frame", injection: str = "adaln", temporal_pos: str = "abs",
+def make(variant: str = V1, patch_embed: str = "frame", injection: str = "adaln", temporal_pos: str = "abs",
          perturb: float = 0.1, seed: int = 0, **kw) -> Latte:
-    args = dict(in_channels=C, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=5,
+    """A 5-class tiny Latte of layout ``variant``, its weights perturbed; ``kw`` are LatteConfig fields."""
+    args = dict(layout=variant, patch_size=2, hidden_size=32, depth=2, num_heads=4,
                 patch_embed=patch_embed, tubelet_size=2 if patch_embed == "tubelet" else 1,
                 injection=injection, temporal_pos=temporal_pos)
     args.update(kw)
     torch.manual_seed(seed)
-    model = LATTE_VARIANTS[variant](**args).eval()
+    model = Latte.from_config(LatteConfig(**args), ConditionsConfig(num_classes=5), in_channels=C).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # make the zero-initialized gates and output layer live
         for p in model.parameters():
@@ -70,13 +74,13 @@ def test_every_combination_runs_forward_and_backward(variant, patch_embed, injec
 
 
 TINY_RUN = ["name=tiny", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32", "model.depth=2",
-            "model.num_heads=2", "model.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
+            "model.num_heads=2", "conditions.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
             "train.batch_size=2", "train.lr=3e-3", "train.device=cpu", "train.precision=fp32",
             "train.log_every=4", "train.checkpoint_every=1000", "sample.steps=4", "train.steps=60"]
 
 
 def switches(variant, patch_embed, injection, temporal_pos) -> list[str]:
-    return [f"model.variant={variant}", f"model.patch_embed={patch_embed}",
+    return [f"model.layout={variant}", f"model.patch_embed={patch_embed}",
             f"model.tubelet_size={2 if patch_embed == 'tubelet' else 1}", f"model.injection={injection}",
             f"model.temporal_pos={temporal_pos}"]
 
@@ -92,7 +96,7 @@ def test_every_combination_trains_on_moving_shapes(tmp_path, variant, patch_embe
     assert last < 0.98 * first, losses
 
 
-# ------------------------------------------------------------------ variant 1 is today's model
+# ------------------------------------------------------------------ variant 1 (interleaved) is today's model
 
 def frozen_v1_forward(sd: dict, x: torch.Tensor, t: torch.Tensor, labels, patch: int, heads: int) -> torch.Tensor:
     """moviola 0.1's Latte forward (variant 1, adaLN-Zero, frame patches, absolute sin-cos), written
@@ -155,10 +159,9 @@ V1_KEYS = {"x_embedder.proj.weight", "x_embedder.proj.bias", "t_embedder.mlp.0.w
 def test_default_config_is_todays_variant_1_bit_for_bit():
     """The key names and the forward math of variant 1 are frozen: checkpoints of running and past
     runs keep loading with identical outputs."""
-    cfg = ModelConfig(size="tiny", patch_size=2, hidden_size=32, depth=4, num_heads=4, num_classes=5,
-                      learned_sigma=True)
+    cfg = LatteConfig(size="tiny", patch_size=2, hidden_size=32, depth=4, num_heads=4, learned_sigma=True)
     torch.manual_seed(0)
-    model = build_model(cfg, in_channels=C).eval()
+    model = build_model(cfg, ConditionsConfig(num_classes=5), in_channels=C).eval()
     assert type(model) is Latte and set(model.state_dict()) == V1_KEYS
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -181,13 +184,13 @@ def test_v1_and_v2_agree_at_one_pair_and_differ_at_two():
     with two pairs, only the order of the same blocks differs."""
     x, t, cond = inputs()
     for depth, same in ((2, True), (4, False)):
-        a, b = make(1, depth=depth), make(2, depth=depth)
+        a, b = make(V1, depth=depth), make(V2, depth=depth)
         b.load_state_dict(a.state_dict())
         assert torch.equal(a(x, t, cond), b(x, t, cond)) == same
 
 
 def test_v2_is_every_spatial_block_then_every_temporal_block():
-    model = make(2, depth=4)
+    model = make(V2, depth=4)
     x, t, cond = inputs()
     seen = []
     for name in ("spatial_blocks", "temporal_blocks"):
@@ -210,7 +213,7 @@ def test_v4_with_all_heads_on_one_axis_is_a_plain_block_on_that_axis(spatial_hea
     torch.manual_seed(0)
     D, heads = 32, 4
     v4 = FactorizedHeadsBlock(D, heads, spatial_heads=spatial_heads)
-    plain = LatteBlock(D, heads)
+    plain = TransformerBlock(D, heads)
     with torch.no_grad():
         for p in v4.parameters():
             p.normal_(std=0.2)
@@ -236,7 +239,7 @@ def test_v3_block_is_a_spatial_then_a_temporal_block():
             p.normal_(std=0.2)
         v3.adaLN_modulation[1].weight[8 * D:].zero_()  # MLP gate = 0
         v3.adaLN_modulation[1].bias[8 * D:].zero_()
-    spatial, temporal = LatteBlock(D, heads), LatteBlock(D, heads)
+    spatial, temporal = TransformerBlock(D, heads), TransformerBlock(D, heads)
     spatial.attn.load_state_dict(v3.attn.state_dict())
     temporal.attn.load_state_dict(v3.temporal_attn.state_dict())
     _copy_chunks(spatial.adaLN_modulation[1], v3.adaLN_modulation[1], [0, 1, 2, 6, 7, 8], D)  # MLP gate 0
@@ -255,17 +258,17 @@ def test_attention_over_one_frame_is_the_value_projection():
     assert torch.allclose(attn(x), attn.proj(v), atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", [1, 2, 3, 4])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_single_frame_with_temporal_modules_keeps_patches_apart(variant):
-    """One frame, spatial attention switched off (variant 4: every head on time): what remains is
+    """One frame, spatial attention switched off (factorized heads: every head on time): what remains is
     per-token work, so editing one patch changes that patch of the output only."""
-    kw = {"spatial_heads": 0} if variant == 4 else {}
+    kw = {"spatial_heads": 0} if variant == V4 else {}
     model = make(variant, **kw)
     with torch.no_grad():
-        for blk in (model.spatial_blocks if variant in (1, 2) else []):
+        for blk in (model.spatial_blocks if variant in (V1, V2) else []):
             blk.adaLN_modulation[1].weight[2 * 32:3 * 32].zero_()  # spatial attention gate = 0
             blk.adaLN_modulation[1].bias[2 * 32:3 * 32].zero_()
-        for blk in (model.blocks if variant == 3 else []):
+        for blk in (model.blocks if variant == V3 else []):
             blk.adaLN_modulation[1].weight[2 * 32:3 * 32].zero_()
             blk.adaLN_modulation[1].bias[2 * 32:3 * 32].zero_()
     x, t, cond = inputs(frames=1)
@@ -299,15 +302,15 @@ def test_images_are_seen_by_spatial_modules_only(variant, injection):
 def test_num_images_needs_frame_patches_and_a_video_left():
     x, t, cond = inputs()
     with pytest.raises(ValueError, match="num_images"):
-        make(1)(x, t, cond, num_images=T)
+        make(V1)(x, t, cond, num_images=T)
     with pytest.raises(ValueError, match="num_images"):
-        make(1, "tubelet")(x, t, cond, num_images=2)
+        make(V1, "tubelet")(x, t, cond, num_images=2)
 
 
 # ------------------------------------------------------------------ patch embeddings
 
 def test_tubelet_unpatchify_inverts_the_token_layout():
-    model = make(1, "tubelet", learned_sigma=False)
+    model = make(V1, "tubelet", learned_sigma=False)
     p, s = 2, 2
     x = torch.randn(B, C, T, H, W)
     h, w = H // p, W // p
@@ -319,7 +322,7 @@ def test_tubelet_unpatchify_inverts_the_token_layout():
 
 def test_tubelets_tie_frames_in_pairs():
     """Temporal blocks switched off: an edit of frame 0 reaches frames 0 and 1 (its tubelet) only."""
-    model = make(1, "tubelet")
+    model = make(V1, "tubelet")
     with torch.no_grad():
         for blk in model.temporal_blocks:
             blk.adaLN_modulation[1].weight.zero_()
@@ -333,7 +336,7 @@ def test_tubelets_tie_frames_in_pairs():
 
 
 def test_tubelet_per_frame_timesteps_average_within_a_tubelet():
-    model = make(1, "tubelet")
+    model = make(V1, "tubelet")
     x, t, cond = inputs()
     same = model(x, t[:, None].expand(B, T), cond)
     assert torch.allclose(same, model(x, t, cond), atol=1e-5)
@@ -344,7 +347,7 @@ def test_tubelet_per_frame_timesteps_average_within_a_tubelet():
 # ------------------------------------------------------------------ injection and positions
 
 def test_token_injection_has_no_modulation_and_still_hears_t_and_labels():
-    model = make(1, injection="tokens")
+    model = make(V1, injection="tokens")
     assert not any("adaLN" in k or "scale_shift_table" in k for k in model.state_dict())
     assert model.spatial_blocks[0].norm1.weight is not None  # plain pre-LN blocks with affine norms
     x, t, cond = inputs()
@@ -367,14 +370,14 @@ def test_rope_scores_depend_on_frame_differences_only():
 
 @pytest.mark.parametrize("temporal_pos", POSITIONS)
 def test_temporal_positions_break_frame_permutation_symmetry(temporal_pos):
-    model = make(1, temporal_pos=temporal_pos)
+    model = make(V1, temporal_pos=temporal_pos)
     x, t, cond = inputs()
     perm = torch.tensor([3, 1, 0, 2])
     assert differs(model(x[:, :, perm], t, cond), model(x, t, cond)[:, :, perm])
 
 
 def test_rope_model_adds_no_absolute_temporal_embedding():
-    model = make(1, temporal_pos="rope")
+    model = make(V1, temporal_pos="rope")
     temporal_in, spatial_out = [], []
     model.temporal_blocks[0].register_forward_pre_hook(lambda m, args: temporal_in.append(args[0]))
     model.spatial_blocks[0].register_forward_hook(lambda m, a, out: spatial_out.append(out))
@@ -386,11 +389,14 @@ def test_rope_model_adds_no_absolute_temporal_embedding():
 def test_variant_classes_and_depth_rules():
     assert [type(make(v)) for v in VARIANTS] == [Latte, LatteLateFusion, LatteFactorizedAttention,
                                                  LatteFactorizedHeads]
-    assert len(make(3, depth=4).blocks) == 2 and len(make(4, depth=3).blocks) == 3
+    assert LATTE_CLASSES == dict(zip(VARIANTS, [Latte, LatteLateFusion, LatteFactorizedAttention,
+                                                LatteFactorizedHeads]))
+    assert len(make(V3, depth=4).blocks) == 2 and len(make(V4, depth=3).blocks) == 3
     with pytest.raises(ValueError, match="even"):
-        make(1, depth=3)
-    # variant 4 has exactly variant 1's parameters
-    assert sum(p.numel() for p in make(4, depth=4).parameters()) == sum(p.numel() for p in make(1, depth=4).parameters())
+        make(V1, depth=3)
+    # factorized heads (variant 4) has exactly interleaved's (variant 1's) parameters
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(make(V4, depth=4)) == count(make(V1, depth=4))
 
 
 # ------------------------------------------------------------------ configs and joint-training batches
@@ -398,7 +404,8 @@ def test_variant_classes_and_depth_rules():
 @pytest.mark.parametrize("overrides,match", [
     (["model.tubelet_size=2"], r"needs model\.patch_embed=tubelet"),
     (["model.patch_embed=tubelet", "model.tubelet_size=3", "data.frames=16"], r"not divisible by model\.tubelet"),
-    (["model.variant=5"], r"not one of \[1, 2, 3, 4\]"),
+    (["model.variant=5"], r"not one of \[1, 2, 3, 4\]"),  # the old key, on purpose
+    (["model.layout=factorised_heads"], r"did you mean 'factorized_heads'"),
     (["model.injection=token"], r"did you mean 'tokens'"),
     (["model.temporal_pos=rope", "model.hidden_size=36", "model.num_heads=4"], r"even head width"),
     (["data.use_image_num=2", "model.patch_embed=tubelet", "model.tubelet_size=2"], r"patch_embed=frame"),
@@ -411,7 +418,7 @@ def test_switch_values_are_checked(overrides, match):
 
 
 def test_variant_4_takes_an_odd_depth():
-    assert load_config(overrides=["model.variant=4", "model.depth=3"]).model.depth == 3
+    assert load_config(overrides=["model.layout=factorized_heads", "model.depth=3"]).model.depth == 3
 
 
 def test_extra_images_come_from_other_clips_with_their_labels():
@@ -432,7 +439,8 @@ def test_extra_images_come_from_other_clips_with_their_labels():
 
 
 def test_joint_training_batches_and_trains(tmp_path):
-    cfg = load_config(overrides=TINY_RUN + ["data.use_image_num=2", "train.steps=4", "model.variant=3"])
+    cfg = load_config(overrides=TINY_RUN + ["data.use_image_num=2", "train.steps=4",
+                                            "model.layout=factorized_attention"])
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     x0, cond, t, noise, _ = trainer.make_batch(0)
     assert x0.shape == (2, 3, 6, 32, 32) and noise.shape == x0.shape
@@ -447,4 +455,20 @@ def test_joint_training_batches_and_trains(tmp_path):
                                  dict(patch_embed="frame", tubelet_size=2)])
 def test_direct_construction_rejects_unknown_switch_values(bad):
     with pytest.raises(ValueError):
-        Latte(in_channels=C, patch_size=2, hidden_size=32, depth=2, num_heads=4, **bad)
+        Latte(LatteConfig(patch_size=2, hidden_size=32, depth=2, num_heads=4, **bad), ConditionsConfig(), C)
+
+
+def test_a_layout_class_refuses_the_config_of_another_layout():
+    """Each layout is one class; building one from another layout's config would silently run the wrong network."""
+    cfg = LatteConfig(layout=V2, patch_size=2, hidden_size=32, depth=2, num_heads=4)
+    with pytest.raises(ValueError, match=r"from_config"):
+        Latte(cfg, ConditionsConfig(), C)
+    assert type(Latte.from_config(cfg, ConditionsConfig(), C)) is LatteLateFusion
+
+
+@pytest.mark.parametrize("condition", [dict(fps=True), dict(image=True), dict(low_res=True), dict(self_cond=0.5)])
+def test_construction_refuses_a_condition_latte_does_not_take(condition):
+    cfg = LatteConfig(patch_size=2, hidden_size=32, depth=2, num_heads=4)
+    with pytest.raises(ValueError) as e:
+        Latte.from_config(cfg, ConditionsConfig(**condition), C)
+    assert next(iter(condition)) in str(e.value) and "Latte" in str(e.value)

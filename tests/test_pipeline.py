@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import moviola
-from moviola.config import ConfigError, load_config
+from moviola.config import ConditionsConfig, ConfigError, LatteConfig, load_config
 from moviola.models.latte import Latte
 from moviola.training.trainer import Trainer
 
 TINY = ["name=tiny", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32", "model.depth=2",
-        "model.num_heads=2", "model.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
+        "model.num_heads=2", "conditions.num_classes=48", "data.size=32", "data.frames=4", "data.count=8",
         "train.batch_size=2", "train.lr=1e-3", "train.device=cpu", "train.precision=fp32", "train.steps=4",
         "train.checkpoint_every=4", "sample.steps=4"]
 
@@ -43,14 +43,16 @@ def test_bad_arguments_are_value_errors(pipe):
 
 
 def test_a_text_model_without_an_encoder_is_refused_not_sampled_unconditionally(pipe):
-    text_model = Latte(in_channels=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, caption_channels=16)
+    text_model = Latte(LatteConfig(patch_size=8, hidden_size=32, depth=2, num_heads=2),
+                       ConditionsConfig(text_channels=16), in_channels=3)
     p = moviola.pipelines.Pipeline(text_model, pipe.autoencoder, pipe.schedule, pipe.config, device="cpu")
     with pytest.raises(ValueError, match="text-to-video model"):
         p(num_videos=1, steps=2)
 
 
 def test_rope_tables_made_under_inference_mode_still_train():
-    model = Latte(in_channels=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, temporal_pos="rope")
+    model = Latte(LatteConfig(patch_size=8, hidden_size=32, depth=2, num_heads=2, temporal_pos="rope"),
+                  ConditionsConfig(), in_channels=3)
     x, t = torch.randn(1, 3, 5, 16, 16), torch.tensor([3])
     with torch.inference_mode():
         model(x, t)

@@ -88,7 +88,7 @@ def global_rng_noise(trainer: Trainer) -> None:
 
 def test_sigterm_then_resume_is_bit_identical_including_rng_and_loss_log(tmp_path):
     # log_every=4 and a stop at step 5: the resumed run must finish the loss window of steps 5..8
-    cfg = tiny_config("train.steps=10", "train.log_every=4", "model.num_classes=48", "train.warmup_steps=3",
+    cfg = tiny_config("train.steps=10", "train.log_every=4", "conditions.num_classes=48", "train.warmup_steps=3",
                       "train.lr_schedule=cosine", "train.checkpoint_every=3", "train.keep_last=10")
     straight = Trainer(cfg, tmp_path / "straight", quiet=True)
     global_rng_noise(straight)

@@ -10,8 +10,8 @@ from moviola.cli import main
 from moviola.config import ConfigError
 from moviola.study import load_study, run_study, variant_config
 
-BASE = {"name": "s", "model": {"size": "tiny", "patch_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 2,
-                               "num_classes": 48},
+BASE = {"name": "s", "model": {"size": "tiny", "patch_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 2},
+        "conditions": {"num_classes": 48},
         "data": {"size": 32, "frames": 4, "count": 8},
         "train": {"batch_size": 2, "lr": 1e-3, "device": "cpu", "precision": "fp32", "checkpoint_every": 2,
                   "log_every": 1}}
@@ -22,7 +22,7 @@ def study_file(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     spec = {"name": "tiny", "steps": 2,
             "variants": {"v1": str(tmp_path / "base.yaml"),
-                         "v2": {"config": str(tmp_path / "base.yaml"), "set": ["model.variant=2"]}},
+                         "v2": {"config": str(tmp_path / "base.yaml"), "set": ["model.layout=late_fusion"]}},
             "eval": {"per_class": 1, "steps": 2, "seed": 0},
             "runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "docs")}
     path = tmp_path / "study.yaml"
@@ -32,7 +32,7 @@ def study_file(tmp_path):
 
 def test_a_study_trains_scores_and_reports_every_variant(study_file, tmp_path):
     study = load_study(study_file)
-    assert variant_config(study, study.variants[1]).model.variant == 2
+    assert variant_config(study, study.variants[1]).model.layout == "late_fusion"
     out = run_study(study, quiet=True, log=lambda m: None)
     assert [r["name"] for r in out["variants"]] == ["v1", "v2"]
     for r in out["variants"]:

@@ -13,15 +13,15 @@ import moviola
 from moviola.cli import main
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
-from moviola.config import ConfigError, load_config
-from moviola.diffusion import classifier_free_guidance
+from moviola.config import ConditionsConfig, ConfigError, LatteConfig, load_config
+from moviola.diffusion import build_schedule, classifier_free_guidance
 from moviola.models.latte import Latte
 from moviola.training.trainer import Trainer, init_from_checkpoint
 
 
 def tiny(bert_dir, *extra):
     return ["name=t2v", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32", "model.depth=2",
-            "model.num_heads=2", "model.caption_channels=24", f"text.encoder={bert_dir}", "text.max_length=10",
+            "model.num_heads=2", "conditions.text_channels=24", f"text.encoder={bert_dir}", "text.max_length=10",
             "data.size=32", "data.frames=4", "data.count=8", "train.batch_size=4", "train.lr=1e-3",
             "train.device=cpu", "train.precision=fp32", "train.steps=4", "train.checkpoint_every=4",
             "sample.steps=4", *extra]
@@ -30,8 +30,8 @@ def tiny(bert_dir, *extra):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_bert_dir):
     run = tmp_path_factory.mktemp("t2v") / "run"
-    cfg = load_config(overrides=tiny(tiny_bert_dir, "model.text_pooled=true", "model.context_frames=true",
-                                     "text.dropout_prob=0.5", "model.context_dropout_prob=0.5"))
+    cfg = load_config(overrides=tiny(tiny_bert_dir, "model.text_pooled=true", "conditions.context_frames=true",
+                                     "conditions.text_dropout=0.5", "conditions.context_dropout=0.5"))
     Trainer(cfg, run, quiet=True).train()
     return run
 
@@ -113,8 +113,8 @@ def _randomize_text_paths(model):
 
 
 def test_pooled_text_ignores_padding_and_follows_the_prompt():
-    model = Latte(in_channels=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, caption_channels=8,
-                  text_pooled=True).eval()
+    model = Latte(LatteConfig(patch_size=8, hidden_size=32, depth=2, num_heads=2, text_pooled=True),
+                  ConditionsConfig(text_channels=8), in_channels=3).eval()
     _randomize_text_paths(model)
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.1)  # adaLN-Zero would make every output 0
@@ -164,11 +164,11 @@ def test_image_to_video_through_a_frame_vae_keeps_the_frame_within_autoencoder_e
     AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
                   sample_size=32).save_pretrained(str(vae_dir))
-    cfg = load_config(overrides=tiny(tiny_bert_dir, "model.context_frames=true", "autoencoder.kind=frame_vae",
+    cfg = load_config(overrides=tiny(tiny_bert_dir, "conditions.context_frames=true", "autoencoder.kind=frame_vae",
                                      f"autoencoder.path={vae_dir}", "model.patch_size=4"))
-    pipe = moviola.pipelines.Pipeline(moviola.models.registry.build_model(cfg.model, 4),
+    pipe = moviola.pipelines.Pipeline(moviola.models.registry.build_model(cfg.model, cfg.conditions, 4),
                                       moviola.autoencoders.build_autoencoder(cfg.autoencoder),
-                                      moviola.training.trainer.build_schedule(cfg), cfg, device="cpu")
+                                      build_schedule(cfg.diffusion), cfg, device="cpu")
     frame = torch.rand(3, 32, 32) * 2 - 1
     out = pipe(prompt=["a red circle"], image=frame, steps=2)
     with torch.no_grad():
@@ -208,8 +208,8 @@ def test_widened_warm_start_leaves_the_old_model_unchanged_for_any_context(tmp_p
     Trainer(load_config(overrides=tiny(tiny_bert_dir, "train.steps=2", "train.checkpoint_every=2")), old_run,
             quiet=True).train()
     old = moviola.load_model(old_run)
-    new_cfg = load_config(overrides=tiny(tiny_bert_dir, "model.context_frames=true"))
-    new = moviola.models.registry.build_model(new_cfg.model, 3)
+    new_cfg = load_config(overrides=tiny(tiny_bert_dir, "conditions.context_frames=true"))
+    new = moviola.models.registry.build_model(new_cfg.model, new_cfg.conditions, 3)
     lines = init_from_checkpoint(new, str(old_run))
     assert any("widened" in line and "x_embedder.proj.weight" in line for line in lines)
     new.eval()
@@ -222,8 +222,9 @@ def test_widened_warm_start_leaves_the_old_model_unchanged_for_any_context(tmp_p
 
 
 def test_the_encoder_width_must_match_caption_channels(tiny_bert_dir, tmp_path):
-    with pytest.raises(ConfigError, match="model.caption_channels=24"):
-        Trainer(load_config(overrides=tiny(tiny_bert_dir, "model.caption_channels=16")), tmp_path / "r", quiet=True)
+    with pytest.raises(ConfigError, match="conditions.text_channels=24"):  # the width to set
+        Trainer(load_config(overrides=tiny(tiny_bert_dir, "conditions.text_channels=16")), tmp_path / "r",
+                quiet=True)
 
 
 def test_cli_prompts(run, tmp_path, capsys):
@@ -291,7 +292,7 @@ def test_image_tensors_must_be_in_minus_one_to_one(run):
 def test_a_prompt_for_a_class_model_says_it_takes_labels(tmp_path, capsys):
     run = tmp_path / "cls"
     Trainer(load_config(overrides=["name=c", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32",
-                                   "model.depth=2", "model.num_heads=2", "model.num_classes=48", "data.frames=4",
+                                   "model.depth=2", "model.num_heads=2", "conditions.num_classes=48", "data.frames=4",
                                    "data.count=4", "train.batch_size=2", "train.device=cpu", "train.precision=fp32",
                                    "train.steps=1", "train.checkpoint_every=1"]), run, quiet=True).train()
     assert main(["sample", str(run), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif")]) == 2

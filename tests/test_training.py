@@ -47,7 +47,7 @@ def trained_run(tmp_path_factory) -> Path:
     """12 steps of a class-conditional model, a checkpoint every 3 steps, the newest 2 kept."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     cfg = tiny_config("train.steps=12", "train.checkpoint_every=3", "train.keep_last=2", "train.log_every=4",
-                      "model.num_classes=48")
+                      "conditions.num_classes=48")
     Trainer(cfg, run_dir, quiet=True).train()
     return run_dir
 
@@ -139,7 +139,7 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tmp_path, trai
 # ------------------------------------------------------------------ resume
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    extra = ("train.steps=8", "train.checkpoint_every=4", "train.keep_last=5", "model.num_classes=48",
+    extra = ("train.steps=8", "train.checkpoint_every=4", "train.keep_last=5", "conditions.num_classes=48",
              "train.warmup_steps=3", "train.lr_schedule=cosine")
     cfg = tiny_config(*extra)
     Trainer(cfg, tmp_path / "straight", quiet=True).train()

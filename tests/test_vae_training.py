@@ -19,8 +19,9 @@ from moviola.training.vae_trainer import VAETrainer, export_autoencoder
 
 def vae_cfg(kind: str, *extra: str):
     frames = "5"
-    common = ["name=vae", f"autoencoder.kind={kind}", "autoencoder.base_channels=8", "autoencoder.channel_mults=[1,2]",
-              "autoencoder.num_res_blocks=1", "autoencoder.latent_channels=4", "autoencoder.norm_groups=4",
+    common = ["name=vae", "train.task=autoencoder", f"autoencoder.kind={kind}", "autoencoder.base_channels=8",
+              "autoencoder.channel_mults=[1,2]", "autoencoder.num_res_blocks=1", "autoencoder.latent_channels=4",
+              "autoencoder.norm_groups=4",
               "data.size=32", f"data.frames={frames}", "data.count=16", "train.batch_size=2", "train.lr=2e-3",
               "train.device=cpu", "train.precision=fp32", "train.steps=4", "train.checkpoint_every=2",
               "train.log_every=1", "vae.adv_start=2", "vae.disc_channels=8", "vae.disc_layers=2",
@@ -69,7 +70,7 @@ def test_export_measures_the_latent_normalization_and_diffusion_trains_on_it(tmp
     torch.testing.assert_close(z.std(1, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
     # Latte trains and samples on the causal latents: 5 frames -> 3 latent frames of 16×16
     cfg = load_config(overrides=["name=lat", "model.size=tiny", "model.patch_size=4", "model.hidden_size=32",
-                                 "model.depth=2", "model.num_heads=2", "model.num_classes=48",
+                                 "model.depth=2", "model.num_heads=2", "conditions.num_classes=48",
                                  "autoencoder.kind=causal_vae", f"autoencoder.path={out}", "autoencoder.chunk_frames=4",
                                  "data.size=32", "data.frames=5", "data.count=8", "train.batch_size=2",
                                  "train.device=cpu", "train.precision=fp32", "train.steps=2",
@@ -153,7 +154,7 @@ def test_latent_cache_encodes_each_clip_once_and_trains_like_encoding_every_step
     VAETrainer(vae_cfg("frame_vae"), tmp_path / "run", quiet=True).train()
     vae = export_autoencoder(tmp_path / "run", tmp_path / "vae")
     base = ["name=lat", "model.size=tiny", "model.patch_size=2", "model.hidden_size=32", "model.depth=2",
-            "model.num_heads=2", "model.num_classes=48", "autoencoder.kind=frame_vae", f"autoencoder.path={vae}",
+            "model.num_heads=2", "conditions.num_classes=48", "autoencoder.kind=frame_vae", f"autoencoder.path={vae}",
             "data.size=32", "data.frames=4", "data.count=6", "train.batch_size=3", "train.device=cpu",
             "train.precision=fp32", "train.steps=4", "train.checkpoint_every=4"]
     plain = Trainer(load_config(overrides=base), tmp_path / "plain", quiet=True)
@@ -224,7 +225,7 @@ def test_exported_latent_model_finds_its_autoencoder_from_any_directory(tmp_path
     export_autoencoder(tmp_path / "vae-run", project / "checkpoints" / "vae")
     monkeypatch.chdir(project)
     cfg = load_config(overrides=["name=lat", "model.size=tiny", "model.patch_size=4", "model.hidden_size=32",
-                                 "model.depth=2", "model.num_heads=2", "model.num_classes=48",
+                                 "model.depth=2", "model.num_heads=2", "conditions.num_classes=48",
                                  "autoencoder.kind=causal_vae", "autoencoder.path=checkpoints/vae",
                                  "autoencoder.chunk_frames=4", "data.size=32", "data.frames=5", "data.count=8",
                                  "train.batch_size=2", "train.device=cpu", "train.precision=fp32", "train.steps=2",

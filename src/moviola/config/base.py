@@ -86,8 +86,9 @@ def from_dict(cls: type, data: dict, prefix: str = "", unknown_hint=None) -> Any
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are ConfigErrors.
 
     A field whose metadata has ``build`` is built by that function (``build(value, key)``): the
-    ``model:`` section, whose dataclass depends on its ``family``. ``unknown_hint(key)`` may add to
-    the message of an unknown key (which other section has it).
+    ``model:`` section, whose dataclass depends on its ``family``. ``unknown_hint`` may rewrite
+    the message of an unknown key: ``unknown_hint(key, hint)`` returns the text that follows the key
+    (``hint`` is the default: the closest known key).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
@@ -99,8 +100,9 @@ def from_dict(cls: type, data: dict, prefix: str = "", unknown_hint=None) -> Any
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            extra = unknown_hint(key) if unknown_hint is not None else None
-            raise ConfigError(f"unknown config key '{prefix}{key}'{extra or hint}")
+            if unknown_hint is not None:
+                hint = unknown_hint(key, hint)
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         if key in builders:
             kwargs[key] = builders[key](value, f"{prefix}{key}")
         else:

@@ -95,6 +95,8 @@ def migrate(tree: dict, source: str = "config") -> dict:
 
     An old key and its new name both set to different values is an error (which one was meant?).
     """
+    if not isinstance(tree, dict):
+        return tree  # from_dict says what is wrong with it
     tree = copy.deepcopy(tree)
     renamed: list[tuple[str, str]] = []
     for old, new in MOVED_KEYS.items():

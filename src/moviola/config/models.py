@@ -82,7 +82,7 @@ class LatteConfig:
         if "variant" not in section:
             return []
         v = section.pop("variant")
-        if isinstance(v, bool) or v not in (1, 2, 3, 4):
+        if type(v) is not int or v not in (1, 2, 3, 4):  # true is not 1, 1.0 is not 1
             raise ConfigError(f"model.variant: {v!r} is not one of [1, 2, 3, 4] (now model.layout: one of "
                               f"{list(LATTE_LAYOUTS)})")
         if section.get("layout", LATTE_LAYOUTS[v - 1]) != LATTE_LAYOUTS[v - 1]:
@@ -165,12 +165,12 @@ def model_config_from_dict(value: Any, key: str = "model") -> Any:
     if family not in MODEL_CONFIGS:
         raise ConfigError(f"{key}.family: {family!r} is not one of {list(MODEL_CONFIGS)}")
 
-    def other_family(k: str) -> Optional[str]:
+    def other_family(k: str, hint: str) -> str:
         owners = [name for name, keys in _family_keys().items() if k in keys and name != family]
         if owners:
             return (f": it is not a {family} key (it is a {' and '.join(owners)} key; "
                     f"set {key}.family to use that family)")
-        return None
+        return f": it is not a {family} key{hint}"
 
     return from_dict(MODEL_CONFIGS[family], value, prefix=f"{key}.", unknown_hint=other_family)
 
