@@ -2,7 +2,9 @@
 directions through ``moviola convert``, the same outputs (max abs difference < 1e-4 in fp32)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +13,10 @@ import moviola
 from moviola import Conditioning
 from moviola.cli import main
 from moviola.config import load_config
+from moviola.diffusion import spaced_timesteps
+from moviola.diffusion.schedule import build_schedule
 from moviola.interop import write_checkpoint_dir
-from moviola.interop.diffusers_latte import diffusers_to_moviola, name_table
+from moviola.interop.diffusers_latte import diffusers_to_moviola, export_problems, moviola_to_diffusers, name_table
 from moviola.models.registry import build_model
 
 diffusers = pytest.importorskip("diffusers")
@@ -23,6 +27,7 @@ BASE = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_chan
             activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
             norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=12, video_length=4)
 TOL = 1e-4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -78,14 +83,15 @@ def test_import_from_diffusers_gives_the_same_output(tmp_path, vae_dir, override
     assert cfg["data"]["frames"] == 4 and cfg["data"]["size"] == ref_model.config.sample_size * 8
 
 
-def test_export_to_diffusers_gives_the_same_output(tmp_path, vae_dir):
+def exported_tiny_t2v(tmp_path, autoencoder: dict, data: dict, pos_base_size: int, **sections):
+    """A tiny random text-to-video Latte on ``autoencoder``, written as a checkpoint and exported with
+    ``moviola convert to-diffusers``: (moviola's model, diffusers' model loaded from the export)."""
     cfg = load_config(data={
         "name": "t2v-tiny",
         "model": {"size": "tiny", "patch_size": 2, "hidden_size": 16, "depth": 4, "num_heads": 2, "learned_sigma": True,
-                  "injection": "adaln_single", "pos_base_size": 8},
+                  "injection": "adaln_single", "pos_base_size": pos_base_size},
         "conditions": {"text_channels": 12},
-        "autoencoder": {"kind": "frame_vae", "path": str(vae_dir)},
-        "data": {"dataset": "folder", "root": "videos", "size": 128, "frames": 4}})
+        "autoencoder": autoencoder, "data": {"dataset": "folder", "root": "videos", **data}, **sections})
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.conditions, in_channels=4).eval()
     with torch.no_grad():
@@ -93,7 +99,36 @@ def test_export_to_diffusers_gives_the_same_output(tmp_path, vae_dir):
             p.add_(torch.randn_like(p) * 0.2)
     write_checkpoint_dir(tmp_path / "ours", cfg, model.state_dict())
     assert main(["convert", "to-diffusers", str(tmp_path / "ours"), str(tmp_path / "latte")]) == 0
-    theirs = LatteTransformer3DModel.from_pretrained(tmp_path / "latte").eval()
+    return model, LatteTransformer3DModel.from_pretrained(tmp_path / "latte").eval()
+
+
+@pytest.fixture
+def causal_vae_dir(tmp_path):
+    """A tiny causal 3-D VAE (4× space, 4× time: 17 frames of 32×32 -> 5 latent frames of 8×8), saved."""
+    from moviola.autoencoders.causal_vae import CausalVAE
+
+    torch.manual_seed(0)
+    CausalVAE(base_channels=8, channel_mults=(1, 1, 2), num_res_blocks=1, latent_channels=4, norm_groups=4,
+              temporal_downsample=(True, True), spatial_downsample=(True, True)).save_pretrained(tmp_path / "cvae")
+    return tmp_path / "cvae"
+
+
+def test_export_of_a_causal_vae_model_runs_in_diffusers_on_its_latent_frames(tmp_path, causal_vae_dir):
+    """diffusers' temporal positions are a fixed table of video_length rows: it must be the latent frame
+    count (5 for 17 pixel frames), not the pixel one, or the first forward fails."""
+    model, theirs = exported_tiny_t2v(tmp_path, {"kind": "causal_vae", "path": str(causal_vae_dir)},
+                                      {"size": 32, "frames": 17}, pos_base_size=4)
+    x, t, text, mask = text_inputs((8, 8), frames=5)
+    with torch.no_grad():
+        err = (model(x, t, Conditioning(text=text, text_mask=mask))
+               - diffusers_out(theirs, x, t, text, mask)).abs().max().item()
+    print(f"export parity on causal-VAE latents (5 latent frames): max abs diff {err:.2e}")
+    assert err < TOL and theirs.config.video_length == 5
+
+
+def test_export_to_diffusers_gives_the_same_output(tmp_path, vae_dir):
+    model, theirs = exported_tiny_t2v(tmp_path, {"kind": "frame_vae", "path": str(vae_dir)},
+                                      {"size": 128, "frames": 4}, pos_base_size=8)
     x, t, text, mask = text_inputs((16, 16))
     with torch.no_grad():
         err = (model(x, t, Conditioning(text=text)) - diffusers_out(theirs, x, t, text)).abs().max().item()
@@ -173,6 +208,81 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path, capsys):
     assert main(["convert", "to-diffusers", str(tmp_path / "ours"), str(tmp_path / "latte")]) == 2
     err = capsys.readouterr().err
     assert "layout='late_fusion'" in err and "injection='adaln'" in err and "text_channels" in err
+
+
+def test_the_shipped_t2v_model_is_refused_naming_every_switch_diffusers_lacks(tmp_path, capsys):
+    shipped = ROOT / "checkpoints/shapes-latte-t2v"
+    assert main(["convert", "to-diffusers", str(shipped), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+    for needle in ("model.injection='adaln' (needs 'adaln_single')", "model.text_pooled=True",
+                   "conditions.context_frames=True", "model.pos_base_size=None",
+                   "configs/shapes/latte-t2v-diffusers.yaml"):
+        assert needle in err
+    for representable in ("layout", "patch_embed", "temporal_pos", "qk_norm", "num_classes", "mlp_ratio",
+                          "text_channels", "pos_interpolation_scale"):
+        assert representable not in err
+
+
+def test_a_refused_export_names_every_switch_at_once():
+    cfg = load_config(overrides=[
+        "model.layout=late_fusion", "model.patch_embed=tubelet", "model.tubelet_size=2", "model.temporal_pos=rope",
+        "model.qk_norm=true", "model.mlp_ratio=2", "model.pos_base_size=8", "model.pos_interpolation_scale=2",
+        "conditions.num_classes=3", "conditions.context_frames=true", "data.frames=4"])
+    problems = "; ".join(export_problems(cfg))
+    for key in ("layout", "patch_embed", "injection", "temporal_pos", "qk_norm", "mlp_ratio", "pos_interpolation_scale",
+                "num_classes", "context_frames", "text_channels"):
+        assert key in problems, key
+    assert "text_pooled" not in problems and "pos_base_size=" not in problems
+
+
+def test_the_shipped_diffusers_config_exports_and_runs_in_diffusers(monkeypatch):
+    """configs/shapes/latte-t2v-diffusers.yaml: the shipped T2V model's run with only the switches diffusers
+    lacks changed, and a model built from it (random weights) exports and gives diffusers' output."""
+    monkeypatch.chdir(ROOT)
+    cfg = load_config("configs/shapes/latte-t2v-diffusers.yaml")
+    assert export_problems(cfg) == []
+
+    def flat(c) -> dict:
+        sections = dataclasses.asdict(c).items()
+        return {f"{s}.{k}": v for s, sec in sections if isinstance(sec, dict) for k, v in sec.items()}
+    ours, shipped = flat(cfg), flat(load_config("configs/shapes/latte-t2v-causal-vae.yaml"))
+    assert {k for k in ours if ours[k] != shipped[k]} == {
+        "model.injection", "model.pos_base_size", "model.text_pooled", "conditions.context_frames",
+        "conditions.context_dropout"}
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.conditions, in_channels=4).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    config, sd = moviola_to_diffusers(cfg, model.state_dict())
+    assert (config["video_length"], config["sample_size"], config["caption_channels"]) == (5, 8, 384)
+    theirs = LatteTransformer3DModel.from_config(config).eval()
+    theirs.load_state_dict(sd)  # strict
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 5, 8, 8, generator=g), torch.randn(1, 16, 384, generator=g)
+    with torch.no_grad():
+        err = (model(x, torch.tensor([500]), Conditioning(text=text))
+               - diffusers_out(theirs, x, torch.tensor([500]), text)).abs().max().item()
+    print(f"latte-t2v-diffusers.yaml export parity: max abs diff {err:.2e}")
+    assert err < TOL
+
+
+@pytest.mark.parametrize("sampler,cls", [("ddim", "DDIMScheduler"), ("ddpm", "DDPMScheduler"),
+                                         ("dpm++2m", "DPMSolverMultistepScheduler")])
+def test_export_writes_the_scheduler_moviola_samples_with(tmp_path, vae_dir, sampler, cls):
+    """scheduler_config.json beside the transformer: the run's betas (cosine, zero terminal SNR),
+    v-prediction and trailing spacing, as the diffusers scheduler of the run's sampler."""
+    diffusion = {"schedule": "cosine", "prediction": "v", "zero_terminal_snr": True, "timestep_spacing": "trailing"}
+    exported_tiny_t2v(tmp_path, {"kind": "frame_vae", "path": str(vae_dir)}, {"size": 128, "frames": 4},
+                      pos_base_size=8, diffusion=diffusion, sample={"sampler": sampler})
+    scheduler = getattr(diffusers, cls).from_pretrained(tmp_path / "latte")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.timestep_spacing == "trailing"
+    ours = build_schedule(load_config(data={"diffusion": diffusion}).diffusion).alphas_cumprod
+    theirs = scheduler.alphas_cumprod.double()
+    assert theirs[-1] < 1e-6 and torch.allclose(theirs, ours, atol=1e-6)
+    scheduler.set_timesteps(25)
+    assert scheduler.timesteps.tolist() == spaced_timesteps(25, 1000, "trailing")
 
 
 def test_a_converted_pipeline_root_samples_from_prompts_with_its_own_text_encoder(tmp_path, tiny_bert_dir):

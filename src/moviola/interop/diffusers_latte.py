@@ -6,6 +6,10 @@ the projected text in the spatial blocks, and PixArt's position scaling
 Only the names differ, and diffusers keeps q, k and v as separate projections where moviola
 fuses them; the table below lists each moviola tensor with the diffusers tensors it is the
 concatenation of (along dim 0), so one table serves both directions.
+
+Export writes the transformer's ``config.json`` and weights, and a ``scheduler_config.json``
+(the run's noise schedule as the diffusers scheduler of its sampler) beside them. diffusers'
+temporal positions are a table of ``video_length`` rows, so that is the latent frame count.
 """
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 
-from moviola.config import AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, load_config
+from moviola.config import (AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, latent_frames,
+                            load_config)
 from moviola.interop.common import named_size, write_checkpoint_dir
 from moviola.models.loading import load_model
 from moviola.io.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint, write_new_directory
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+SCHEDULER = "scheduler_config.json"  # beside config.json: DDIMScheduler.from_pretrained(dir) reads it
 # the diffusers config values moviola's blocks implement (anything else is a different model)
 REQUIRED = {"norm_type": "ada_norm_single", "activation_fn": "gelu-approximate", "norm_elementwise_affine": False,
             "norm_eps": 1e-6, "attention_bias": True}
@@ -90,29 +96,56 @@ def diffusers_to_moviola(sd: dict[str, torch.Tensor], config: dict) -> tuple[dic
     return {"model": model, "conditions": conditions, "shape": shape}, out
 
 
-def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A diffusers config and state dict for a moviola model diffusers can express."""
+# what diffusers' LatteTransformer3DModel is, as moviola's switches: (key, the value it needs)
+EXPORTABLE_MODEL = (("layout", "interleaved"), ("patch_embed", "frame"), ("injection", "adaln_single"),
+                    ("temporal_pos", "abs"), ("qk_norm", False), ("text_pooled", False))
+EXPORTABLE_CONDITIONS = (("num_classes", 0), ("context_frames", False))
+# the diffusers scheduler of each moviola sampler, with the settings that make it step as moviola's does
+SCHEDULERS = {"ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": True}),
+              "ddpm": ("DDPMScheduler", {"clip_sample": False}),
+              "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                          "solver_type": "midpoint", "lower_order_final": True})}
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+
+
+def export_problems(cfg: RunConfig) -> list[str]:
+    """Every setting of a run that diffusers' LatteTransformer3DModel cannot represent, with what it needs."""
     m, c = cfg.model, cfg.conditions
     if m.family != "latte":
-        raise CheckpointError(f"diffusers' LatteTransformer3DModel holds Latte models, not model.family {m.family!r}")
-    problems = [f"model.{k}={getattr(m, k)!r} (needs {v!r})" for k, v in
-                (("layout", "interleaved"), ("patch_embed", "frame"), ("injection", "adaln_single"),
-                 ("temporal_pos", "abs"), ("qk_norm", False), ("text_pooled", False)) if getattr(m, k) != v]
-    problems += [f"conditions.{k}={getattr(c, k)!r} (needs {v!r})" for k, v in
-                 (("num_classes", 0), ("context_frames", False)) if getattr(c, k) != v]
+        return [f"model.family={m.family!r} (needs 'latte')"]
+    problems = [f"model.{k}={getattr(m, k)!r} (needs {v!r})" for k, v in EXPORTABLE_MODEL if getattr(m, k) != v]
+    problems += [f"conditions.{k}={getattr(c, k)!r} (needs {v!r})" for k, v in EXPORTABLE_CONDITIONS
+                 if getattr(c, k) != v]
     if c.text_channels is None:
-        problems.append("conditions.text_channels=None (needs the text width)")
-    if m.mlp_ratio not in (None, 4.0):
-        problems.append(f"mlp_ratio={m.mlp_ratio} (needs 4)")
+        problems.append("conditions.text_channels=None (needs the text width: diffusers' Latte always takes text)")
+    if m.dims().mlp_ratio != 4.0:
+        problems.append(f"model.mlp_ratio={m.dims().mlp_ratio} (needs 4)")
     if m.pos_base_size is None:
-        problems.append("pos_base_size=None (needs the latent size / patch that diffusers calls sample_size / patch_size)")
-    else:
+        problems.append("model.pos_base_size=None (needs the latent size / patch size, what diffusers calls "
+                        "sample_size / patch_size)")
+    elif m.pos_interpolation_scale != max(m.pos_base_size * m.patch_size // 64, 1):
         sample = m.pos_base_size * m.patch_size
-        if m.pos_interpolation_scale != max(sample // 64, 1):
-            problems.append(f"pos_interpolation_scale={m.pos_interpolation_scale} (diffusers derives "
-                            f"{max(sample // 64, 1)} from sample_size={sample})")
+        problems.append(f"model.pos_interpolation_scale={m.pos_interpolation_scale} (needs "
+                        f"{max(sample // 64, 1)}: diffusers derives it as max(sample_size // 64, 1), sample_size = "
+                        f"pos_base_size × patch_size = {sample})")
+    return problems
+
+
+def check_exportable(cfg: RunConfig) -> None:
+    """Refuse, naming every setting at once, a model diffusers' LatteTransformer3DModel cannot represent."""
+    problems = export_problems(cfg)
     if problems:
-        raise CheckpointError("diffusers' LatteTransformer3DModel cannot express this model: " + "; ".join(problems))
+        raise CheckpointError("diffusers' LatteTransformer3DModel cannot represent this model: " + "; ".join(problems)
+                              + ". Train one with those settings (configs/shapes/latte-t2v-diffusers.yaml is one; "
+                              "docs/latte.md lists what diffusers can represent)")
+
+
+def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A diffusers config and state dict for a moviola model diffusers can represent."""
+    check_exportable(cfg)
+    m, c = cfg.model, cfg.conditions
+    sample = m.pos_base_size * m.patch_size
     dims = m.dims()
     D, heads = dims.hidden_size, dims.num_heads
     layers = len({k.split(".")[1] for k in sd if k.startswith("spatial_blocks.")})
@@ -126,7 +159,8 @@ def moviola_to_diffusers(cfg: RunConfig, sd: dict[str, torch.Tensor]) -> tuple[d
               "num_attention_heads": heads, "attention_head_dim": D // heads, "in_channels": in_ch,
               "out_channels": out_ch, "num_layers": layers, "dropout": 0.0, "cross_attention_dim": D,
               "sample_size": sample, "patch_size": m.patch_size, "num_embeds_ada_norm": 1000,
-              "caption_channels": c.text_channels, "video_length": cfg.data.frames, **REQUIRED}
+              "caption_channels": c.text_channels, "video_length": latent_frames(cfg.autoencoder, cfg.data.frames),
+              **REQUIRED}
     return config, out
 
 
@@ -138,9 +172,25 @@ def _diffusers_version() -> str:
         return "0.42.1"
 
 
+def scheduler_config(cfg: RunConfig) -> dict:
+    """The run's noise schedule and sampler as a diffusers scheduler config (``scheduler_config.json``):
+    the same betas, prediction, zero terminal SNR and timestep spacing that moviola samples with."""
+    d = cfg.diffusion
+    name, extra = SCHEDULERS[cfg.sample.sampler]
+    if cfg.sample.sampler == "ddpm":
+        extra = {**extra, "variance_type": "learned_range" if cfg.model.learned_sigma else "fixed_small"}
+    return {"_class_name": name, "_diffusers_version": _diffusers_version(), "num_train_timesteps": d.num_timesteps,
+            "beta_schedule": BETA_SCHEDULES[d.schedule], "beta_start": d.beta_start, "beta_end": d.beta_end,
+            "prediction_type": PREDICTION_TYPES[d.prediction], "rescale_betas_zero_snr": d.zero_terminal_snr,
+            "timestep_spacing": d.timestep_spacing, "steps_offset": 0, **extra}
+
+
 def _read_diffusers_dir(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from moviola.io.checkpoint import check_kind
+
     if not (src / "config.json").is_file() and (src / "transformer" / "config.json").is_file():
         src = src / "transformer"  # the root of a pipeline repo (maxin-cn/Latte-1)
+    check_kind(src, ("diffusers_latte",), "a diffusers LatteTransformer3DModel directory")
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src} has no config.json: expected a LatteTransformer3DModel save_pretrained directory")
     config = json.loads((src / "config.json").read_text())
@@ -194,9 +244,11 @@ def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Opti
 
 def export_diffusers(ckpt: Union[str, Path], out_dir: Union[str, Path], weights: str = "ema") -> Path:
     """``moviola convert to-diffusers CKPT OUT``: a diffusers ``save_pretrained`` directory
-    (config.json + diffusion_pytorch_model.safetensors) that ``LatteTransformer3DModel.from_pretrained`` loads."""
+    (config.json + diffusion_pytorch_model.safetensors) that ``LatteTransformer3DModel.from_pretrained`` loads,
+    and the scheduler it samples with (scheduler_config.json, which the scheduler's ``from_pretrained`` loads)."""
     path = resolve_checkpoint(ckpt)
     cfg = config_from_json(path / "config.json")
+    check_exportable(cfg)  # before loading any weight
     model = load_model(path, weights=weights)
     config, sd = moviola_to_diffusers(cfg, model.state_dict())
     left = set(model.state_dict()) - {k for k, _ in name_table(config["num_layers"])}
@@ -206,5 +258,6 @@ def export_diffusers(ckpt: Union[str, Path], out_dir: Union[str, Path], weights:
     def write(tmp: Path) -> None:
         save_file(sd, str(tmp / WEIGHTS))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / SCHEDULER).write_text(json.dumps(scheduler_config(cfg), indent=2) + "\n")
 
     return write_new_directory(out_dir, write)
