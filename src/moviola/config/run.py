@@ -98,7 +98,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     ema_decay: float = 0.999
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the device runs it natively (CUDA 8.0+, a CPU with AVX512_BF16 or AMX), else fp32;
+    # decided when a run starts (utils.resolve_precision), so a resumed run on another machine decides again
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: int = 500
     keep_last: int = 2
     log_every: int = 10

@@ -58,6 +58,7 @@ class _MediaFolder(Dataset):
     root: Path
     files: list[Path]
     skipped: Counter
+    skipped_files: dict[str, str]  # files skipped at init: relative path -> reason (the run loop names them)
     captions: dict[str, dict]
     _bad: dict[int, str]
     kind = "file"
@@ -94,6 +95,11 @@ class _MediaFolder(Dataset):
                 continue
             table[str(PurePosixPath(record["file"]))] = record
         return table
+
+    def _skip(self, path: Path, reason: str) -> None:
+        """Count a file found unusable at init, and remember its name."""
+        self.skipped[reason] += 1
+        self.skipped_files[path.relative_to(self.root).as_posix()] = reason
 
     def __len__(self) -> int:
         return len(self.files)
@@ -187,6 +193,7 @@ class VideoFolder(_MediaFolder):
         self.span = (frames - 1) * stride + 1  # source frames one clip covers
         self.random_offset = bool(random_offset)
         self.skipped: Counter[str] = Counter()
+        self.skipped_files: dict[str, str] = {}
         self.captions = self._load_captions(captions)
 
         candidates = self._find(VIDEO_SUFFIXES)
@@ -194,17 +201,17 @@ class VideoFolder(_MediaFolder):
         self._lengths: list[Optional[int]] = []  # frame count from the header, None if unknown
         for path in candidates:
             if path.stat().st_size == 0:
-                self.skipped["empty"] += 1
+                self._skip(path, "empty")
                 continue
             length = None
             if probe:
                 try:
                     length = probe_video(path)["frames"]
                 except VideoDecodeError:
-                    self.skipped["unreadable"] += 1
+                    self._skip(path, "unreadable")
                     continue
                 if length is not None and length < self.span:
-                    self.skipped["too_short"] += 1
+                    self._skip(path, "too_short")
                     continue
             self.files.append(path)
             self._lengths.append(length)
@@ -254,18 +261,19 @@ class ImageFolder(_MediaFolder):
             raise ValueError(f"image folder {str(self.root)!r} does not exist or is not a directory")
         self.size = to_hw(size)
         self.skipped: Counter[str] = Counter()
+        self.skipped_files: dict[str, str] = {}
         self.captions = self._load_captions(captions)
         candidates = self._find(IMAGE_SUFFIXES)
         self.files: list[Path] = []
         for path in candidates:
             if path.stat().st_size == 0:
-                self.skipped["empty"] += 1
+                self._skip(path, "empty")
                 continue
             if probe:
                 try:
                     self._open(path, verify=True)
                 except _Unreadable:
-                    self.skipped["unreadable"] += 1
+                    self._skip(path, "unreadable")
                     continue
             self.files.append(path)
         if not self.files:

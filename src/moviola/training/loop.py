@@ -5,6 +5,7 @@ Run directory layout::
     <run>/config.json          the resolved config (every key, defaults filled in)
     <run>/metrics.jsonl        one JSON line per logged step (loss, lr, grad norm, it/s, ...)
     <run>/checkpoints/step_*/  checkpoints (see io/checkpoint.py), the newest K kept
+    <run>/data_skipped.jsonl   the unusable data items found so far: {"file" (relative to data.root), "reason"}
 
 Determinism: the batch of step ``s`` is a pure function of ``(train.seed, s)`` (``data.py``), and
 so is every draw a task makes for it (which timesteps, which noise, which labels are dropped),
@@ -27,9 +28,22 @@ Faults (the rules; docs/reliability.md has the table of injected faults):
 - SIGINT / SIGTERM finish the current step, write a checkpoint and stop (``stopped_by`` holds the
   signal's name); a second SIGINT aborts at once, the newest complete checkpoint stays valid.
 - Unusable data items are skipped and counted (``data_skipped`` rows: at the start, and whenever
-  a new bad item turns up while reading, also from DataLoader workers).
+  a new bad item turns up while reading, also from DataLoader workers); the log names the first
+  few and why, and ``data_skipped.jsonl`` lists every one (rewritten whole, by a rename, when new
+  ones turn up). Items found at init are named when the dataset reports them (``skipped_files``:
+  file -> reason), else only counted.
 - On resume, ``metrics.jsonl`` rows past the checkpoint's step (work lost with a killed process,
   redone after the resume) and a torn last line are dropped, so the log reads as one run.
+
+Precision: ``train.precision: auto`` is decided when a run starts (bf16 where the device runs it
+natively, else fp32; ``utils.resolve_precision``), said in one log line and a metrics row
+(``precision``, ``precision_reason``); the saved config keeps ``auto``, so a run resumed on
+another machine decides again. An explicit ``bf16`` on a device without native bf16 warns with
+the measured cost (a bf16 vs fp32 matmul).
+
+A resumed run continues the run's saved config; ``moviola train --resume`` lets only a few keys
+change (``cli/train.py``: more steps, another device, ...), and a resume with a changed config
+writes it back to ``<run>/config.json``, so the next resume continues from it.
 """
 from __future__ import annotations
 
@@ -40,6 +54,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
@@ -48,12 +63,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from moviola.config import ConfigError, RunConfig, save_config, to_dict
+from moviola.config import ConfigError, RunConfig, config_from_json, save_config, to_dict
 from moviola.data import build_dataset
 from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
 from moviola.training.data import BatchPlan, step_batches
 from moviola.training.task import Task
-from moviola.utils import resolve_device
+from moviola.utils import bf16_matmul_slowdown, native_bf16, resolve_device, resolve_precision
+
+NAMED_IN_LOG = 5  # unusable data items named in a log line; data_skipped.jsonl has them all
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """A config tree (``to_dict``) as ``{dotted key: value}``; lists stay values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
+    """The dotted keys whose values differ between two resolved configs: ``{key: (old, new)}``."""
+    a, b = _leaves(to_dict(old)), _leaves(to_dict(new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 class TrainingDiverged(RuntimeError):
@@ -111,10 +145,11 @@ class RunLoop:
         if cfg.train.precision == "fp16":
             # fp16 gradients underflow without loss scaling, which the trainer does not do (yet)
             raise ConfigError("train.precision=fp16 is not supported for training (no loss scaling); "
-                              "use bf16 (CPU and recent GPUs) or fp32")
+                              "use auto (bf16 where the device runs it natively, else fp32), bf16 or fp32")
         ckpt_dir = self.run_dir / "checkpoints"
         self._check_run_dir(ckpt_dir, resume, init_from)
-        self.task = self.task_class(cfg, self.device, self.log, quiet)
+        self.precision, self.precision_reason = self._choose_precision()
+        self.task = self.task_class(cfg, self.device, self.log, quiet, precision=self.precision)
         self.task.check()
 
         torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config
@@ -131,11 +166,16 @@ class RunLoop:
         if resume:
             self._load(resolve_checkpoint(ckpt_dir))
             self._trim_metrics(self.step)
+            self._update_saved_config()
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # no checkpoint here: whatever an earlier process logged is work that did not survive
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for name in ("metrics.jsonl", "data_skipped.jsonl"):
+                (self.run_dir / name).unlink(missing_ok=True)
             save_config(cfg, self.run_dir / "config.json")
+        if cfg.train.precision == "auto":  # a decision this machine made: on record beside the losses
+            self._write_metrics({"step": self.step, "precision": self.precision,
+                                 "precision_reason": self.precision_reason})
 
     def _check_run_dir(self, ckpt_dir: Path, resume: bool, init_from: Optional[str]) -> None:
         has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*"))
@@ -147,6 +187,30 @@ class RunLoop:
         if resume and init_from:
             raise ConfigError("--init-from starts a new run; a resumed run continues from its own checkpoint")
 
+    def _choose_precision(self) -> tuple[str, str]:
+        """train.precision with ``auto`` decided; says which and why, and warns about emulated bf16."""
+        precision, why = resolve_precision(self.cfg.train.precision, self.device)
+        self.log(f"precision: {precision} ({why})")
+        if self.cfg.train.precision == "bf16" and self.device.type in ("cpu", "cuda"):
+            native, reason = native_bf16(self.device)
+            if not native:
+                slow = bf16_matmul_slowdown(self.device)
+                warnings.warn(f"train.precision=bf16, but {reason}: a 256² bf16 matmul took {slow:.1f}× the time "
+                              "of fp32 here (measured now); train.precision=auto (fp32 here) is likely faster",
+                              stacklevel=3)
+        return precision, why
+
+    def _update_saved_config(self) -> None:
+        """On resume, write ``config.json`` again if the run continues with changed keys (more steps,
+        another device...), so the next resume without a CONFIG continues from these."""
+        path = self.run_dir / "config.json"
+        try:
+            unchanged = path.is_file() and not config_changes(config_from_json(path), self.cfg)
+        except (ConfigError, ValueError, OSError):  # unreadable: the run's config is this one now
+            unchanged = False
+        if not unchanged:
+            save_config(self.cfg, path)
+
     def _init_counters(self) -> None:
         self.step = 0
         self.bad_steps_total = 0
@@ -156,6 +220,7 @@ class RunLoop:
         self._stop_signal: Optional[str] = None
         self._window_loss, self._window_n = 0.0, 0  # the loss-log window, saved so resume logs the same
         self._probe_skipped = Counter(getattr(self.dataset, "skipped", None) or {})  # found at init
+        self._probe_named = dict(getattr(self.dataset, "skipped_files", None) or {})  # file -> reason, if known
         self.data_bad: dict[str, str] = {}  # items found unusable while reading: file -> reason
 
     def __getattr__(self, name: str):
@@ -260,8 +325,22 @@ class RunLoop:
         new = {k: v for k, v in (bad or {}).items() if k not in self.data_bad}
         if new:
             self.data_bad.update(new)
-            self.log(f"data: skipped {', '.join(f'{k} ({v})' for k, v in sorted(new.items()))}")
+            self.log(f"data: skipped {_name_items(new)}")
             self._write_metrics({"step": self.step + 1, "data_skipped": self.data_skipped()})  # this step's batch
+            self._write_skipped_list()
+
+    def _write_skipped_list(self) -> None:
+        """``data_skipped.jsonl``: every unusable item named so far, written whole and renamed into place
+        (a crash leaves the previous list, never half of one)."""
+        items = {**self._probe_named, **self.data_bad}
+        path = self.run_dir / "data_skipped.jsonl"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            tmp.write_text("".join(json.dumps({"file": name, "reason": why}) + "\n"
+                                   for name, why in sorted(items.items())))
+            os.replace(tmp, path)
+        except OSError as e:  # like a metrics line: not worth ending the run over
+            self._warn(f"could not write {path}: {e}")
 
     # ---------------------------------------------------------------- the loop
     def train_step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
@@ -280,8 +359,13 @@ class RunLoop:
                 pass
         skipped = self.data_skipped()
         if skipped:
-            self.log(f"data: skipped {sum(skipped.values())} unusable items {skipped}")
+            named = {**self._probe_named, **self.data_bad}
+            where = f"; all in {self.run_dir / 'data_skipped.jsonl'}" if named else ""
+            self.log(f"data: skipped {sum(skipped.values())} unusable items {skipped}"
+                     + (f": {_name_items(named)}{where}" if named else ""))
             self._write_metrics({"step": self.step, "data_skipped": skipped})
+            if named:
+                self._write_skipped_list()
         last: dict = {}
         self._t_window = time.perf_counter()
         self.stopped_by = None
@@ -351,3 +435,10 @@ class RunLoop:
         if self.on_step is not None:
             self.on_step(self.step, out)
         return row
+
+
+def _name_items(items: dict[str, str]) -> str:
+    """The first few ``file (reason)`` of ``items``, then how many more."""
+    names = [f"{k} ({v})" for k, v in sorted(items.items())]
+    more = len(names) - NAMED_IN_LOG
+    return ", ".join(names[:NAMED_IN_LOG]) + (f" and {more} more" if more > 0 else "")

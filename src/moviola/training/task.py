@@ -24,6 +24,7 @@ from moviola.io.checkpoint import (check_state_dict, load_state, load_weights, o
                                   save_checkpoint)
 from moviola.training.data import BatchPlan
 from moviola.training.ema import EMA
+from moviola.utils import resolve_precision
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -52,8 +53,11 @@ class Task:
     has defaults: saving and loading the model, EMA and optimizer, no judge, no extra tensors.
     """
 
-    def __init__(self, cfg: RunConfig, device: torch.device, log: Callable[[str], None], quiet: bool = False):
+    def __init__(self, cfg: RunConfig, device: torch.device, log: Callable[[str], None], quiet: bool = False,
+                 precision: Optional[str] = None):
         self.cfg, self.device, self.log, self.quiet = cfg, device, log, quiet
+        # what the steps autocast to: train.precision with ``auto`` decided (the loop decides and says why)
+        self.precision = precision or resolve_precision(cfg.train.precision, device)[0]
         self.text = None  # a text encoder, for tasks that condition on captions
         self.model: nn.Module
         self.ema: EMA

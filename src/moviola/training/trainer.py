@@ -184,7 +184,7 @@ class DiffusionTask(Task):
         model = self.model
         if cfg.data.use_image_num:  # the model's temporal modules skip the trailing image frames
             model = functools.partial(self.model, num_images=cfg.data.use_image_num)
-        with autocast(self.device, cfg.train.precision):
+        with autocast(self.device, self.precision):
             terms = training_losses(model, self.schedule, x0, t, cond, prediction=cfg.diffusion.prediction,
                                     learned_sigma=self.raw_model.learned_sigma, noise=noise,
                                     loss_weighting=cfg.diffusion.loss_weighting,

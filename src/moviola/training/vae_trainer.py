@@ -133,7 +133,7 @@ class AutoencoderTask(Task):
         adversarial = self.disc is not None and step >= v.adv_start
         pixels = video[0].numel() // video.shape[1]  # T·H·W of one sample
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, cfg.train.precision):
+        with autocast(self.device, self.precision):
             out = self.model(video, sample=v.sample_posterior, generator=g)
             recon = out.reconstruction.float()
             rec = reconstruction_loss(recon, video, v.recon)
@@ -161,7 +161,7 @@ class AutoencoderTask(Task):
             return None
         if adversarial:
             self.disc.requires_grad_(True)
-            with autocast(self.device, cfg.train.precision):
+            with autocast(self.device, self.precision):
                 real, fake = self.disc(video).float(), self.disc(recon.detach()).float()
                 d_loss = hinge_d_loss(real, fake)
                 if v.lecam_weight > 0:
