@@ -114,8 +114,9 @@ def migrate(tree: dict, source: str = "config") -> dict:
         target[new_key] = value
         renamed.append((old, new))
     model = tree.get("model")
-    if isinstance(model, dict) and model.get("family", "latte") in MODEL_CONFIGS:
-        renamed += MODEL_CONFIGS[model.get("family", "latte")].migrate(model)
+    family = model.get("family", "latte") if isinstance(model, dict) else None
+    if isinstance(family, str) and family in MODEL_CONFIGS:
+        renamed += MODEL_CONFIGS[family].migrate(model)
     if renamed:
         _note(source, "renamed config keys " + ", ".join(f"{o} → {n}" for o, n in renamed)
               + " (the old names still load; the new ones are what moviola writes)")
@@ -148,12 +149,26 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
             raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    # each source is migrated on its own, so an old key in --set overrides its new name in the file
+    tree = migrate(tree, str(path) if path is not None else "config")
     if data is not None:
-        tree = _merge(tree, data)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set_path(tree, key, value)
-    return absolute_paths(build_config(tree, str(path) if path is not None else "config")).validate()
+        tree = _merge(tree, migrate(data, "config data"))
+    if overrides:
+        command_line: dict = {}  # the --set overrides, one source
+        for item in overrides:
+            _set_path(command_line, *parse_override(item))
+        for key, value in _leaves(migrate(command_line, "--set")):
+            _set_path(tree, key, value)
+    return absolute_paths(from_dict(RunConfig, tree)).validate()
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every leaf of a nested mapping (one --set makes one leaf)."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
