@@ -123,3 +123,20 @@ def test_denoise_walks_a_per_frame_plan_with_given_frames_clean():
     for t in rec.timesteps[:2]:  # per-frame levels: the given frame is shown t = 0, the others their level
         assert t.shape == (2, FRAMES) and (t[:, 2] == 0).all() and (t[:, 0] > 0).all()
     assert rec.timesteps[2].tolist() == [0, 0]  # leading spacing's last level is 0 for every frame: one t per video
+
+
+def test_conditions_takes_the_forms_the_call_takes_and_checks_lengths():
+    pipe, _ = make_pipe()
+    one = pipe.conditions(1, FRAMES, SIZE, SIZE, labels=5, frames={2: image(4)})  # a bare int and a bare image
+    listed = pipe.conditions(1, FRAMES, SIZE, SIZE, labels=[5], frames={2: [image(4)]})
+    assert torch.equal(one.cond.context, listed.cond.context) and one.cond.labels.tolist() == [5]
+    with pytest.raises(ValueError, match="2 labels for 3 videos"):
+        pipe.conditions(3, FRAMES, SIZE, SIZE, labels=[1, 2])
+
+
+def test_denoise_of_an_unguided_batch_is_one_plain_pass():
+    pipe, rec = make_pipe(context=False, labels=False)
+    conds = pipe.conditions(1, FRAMES, SIZE, SIZE)
+    assert not conds.guided
+    pipe.denoise(conds, torch.randn(1, 3, FRAMES, SIZE, SIZE), [torch.Generator().manual_seed(0)], 4.0, "ddim", 2, 0.0)
+    assert [t.shape[0] for t in rec.timesteps] == [1, 1]  # no doubled (conditional + unconditional) batch

@@ -37,12 +37,7 @@ unconditional and never warned about).
 """
 from __future__ import annotations
 
-import math
-import numbers
-import os
 import re
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -53,12 +48,13 @@ from moviola.autoencoders import Autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.text import build_text
 from moviola.config import RunConfig
-from moviola.diffusion import SAMPLERS, NoiseSchedule, guided_model_fn, sample
+from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.schedule import randn
+from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
+                                      given_frames, checked_int, warn)
 from moviola.utils import resolve_device
 
 ImageLike = Union[str, Path, torch.Tensor]
-READS_ETA = frozenset({"ddim"})  # diffusion/samplers.py: only _ddim reads eta; ddpm and dpm++2m ignore it
 
 
 @dataclass
@@ -102,8 +98,12 @@ class Pipeline:
         ``frames`` maps a pixel frame index to one image, or one per video. Every check happens here,
         before any sampling.
         """
-        n, num_frames = _int("n", n), _int("num_frames", num_frames)
-        height, width = _int("height", height), _int("width", width)
+        n, num_frames = checked_int("n", n), checked_int("num_frames", num_frames)
+        height, width = checked_int("height", height), checked_int("width", width)
+        prompt, labels, frames = as_prompts(prompt, "prompt"), as_labels(labels), given_frames(None, frames)
+        for name, values in (("prompts", prompt), ("labels", labels)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{len(values)} {name} for {n} videos: give one per video")
         parts: list[tuple[Conditioning, Conditioning]] = []
         if prompt is not None and "text" not in self.accepts:  # before "pass labels": say what is wrong first
             raise ValueError("this model does not take text: do not pass a prompt"
@@ -127,14 +127,14 @@ class Pipeline:
         return Conditions(_merge([p[0] for p in parts]), _merge([p[1] for p in parts]), bool(parts))
 
     def _text_conditioning(self, prompt: Sequence[str], negative_prompt) -> tuple[Conditioning, Conditioning]:
-        prompt = _as_prompts(prompt, "prompt")
+        prompt = as_prompts(prompt, "prompt")
         n = len(prompt)
         if negative_prompt is None:
             negative = [""] * n
         elif isinstance(negative_prompt, str):
             negative = [negative_prompt] * n
         else:
-            negative = _as_prompts(negative_prompt, "negative_prompt")
+            negative = as_prompts(negative_prompt, "negative_prompt")
             if len(negative) != n:
                 raise ValueError(f"{len(negative)} negative prompts for {n} prompts: give one, or one per prompt")
         self._warn_unknown_words(prompt)
@@ -157,7 +157,7 @@ class Pipeline:
         shown = ", ".join(repr(p if len(p) <= 60 else p[:60] + "…") for p in unknown[:3])
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         grammar = f"a {{{'|'.join(COLOURS)}}} {{{'|'.join(SHAPES)}}} moving {{{'|'.join(DIRECTIONS)}}}"
-        _warn(f"no word this Moving Shapes model knows in the prompt{'s' if len(unknown) > 1 else ''} {shown}{more}: "
+        warn(f"no word this Moving Shapes model knows in the prompt{'s' if len(unknown) > 1 else ''} {shown}{more}: "
               f"it was trained only on captions \"{grammar}\", so what it draws is arbitrary")
 
     def _label_conditioning(self, labels: Sequence[int]) -> tuple[Conditioning, Conditioning]:
@@ -165,7 +165,7 @@ class Pipeline:
             raise ValueError("this model is not class-conditional: do not pass labels"
                              + (" (it takes text: pass a prompt)" if "text" in self.accepts else ""))
         num_classes = self.config.conditions.num_classes
-        labels = _as_labels(labels)
+        labels = as_labels(labels)
         bad = [y for y in labels if not (0 <= y < num_classes or y == -1)]
         if bad:
             raise ValueError(f"labels {bad} out of range: this model has {num_classes} classes (0..{num_classes - 1})")
@@ -240,9 +240,10 @@ class Pipeline:
         ``plan``: a ``(steps, T)`` timestep plan (diffusion/plans.py: per-frame levels, clean frames) instead
         of ``steps`` evenly spaced levels shared by every frame.
         """
-        scale, steps, eta = _check_sampling(self.schedule.num_timesteps, scale, sampler, steps, eta,
+        scale, steps, eta = check_sampling(self.schedule.num_timesteps, scale, sampler, steps, eta,
                                             planned=plan is not None)
         c = self.config
+        scale = scale if conds.guided else 1.0  # nothing to guide on: one plain pass
         cond = conds.cond.to(self.device) if conds.guided else Conditioning()
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
         learned_sigma = getattr(self.model, "learned_sigma", False)
@@ -277,24 +278,24 @@ class Pipeline:
         int, a list, a numpy array or a tensor of ints.
         """
         c = self.config
-        prompt, labels = _as_prompts(prompt, "prompt"), _as_labels(labels)
+        prompt, labels = as_prompts(prompt, "prompt"), as_labels(labels)
         sampler = c.sample.sampler if sampler is None else sampler
         steps = c.sample.steps if steps is None else steps
-        scale, steps, eta_value = _check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
+        scale, steps, eta_value = check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
                                                   sampler, steps, c.sample.eta if eta is None else eta)
-        batch_size = _int("batch_size", batch_size)
+        batch_size = checked_int("batch_size", batch_size)
         if prompt is not None and labels is not None:
             raise ValueError("give prompts or labels, not both")
-        given = _given_frames(image, frames)
-        n = _count(prompt, labels, given, None if num_videos is None else _int("num_videos", num_videos))
-        seed = _check_seed(seed, n)
-        T = c.data.frames if num_frames is None else _int("num_frames", num_frames)
-        H = c.data.size if height is None else _int("height", height)
-        W = c.data.size if width is None else _int("width", width)
+        given = given_frames(image, frames)
+        n = count_videos(prompt, labels, given, None if num_videos is None else checked_int("num_videos", num_videos))
+        seed = check_seed(seed, n)
+        T = c.data.frames if num_frames is None else checked_int("num_frames", num_frames)
+        H = c.data.size if height is None else checked_int("height", height)
+        W = c.data.size if width is None else checked_int("width", width)
         latent = self.autoencoder.latent_shape(T, H, W)  # a frame count or size the autoencoder cannot take
         self._warn_outside_training(T, H, W)
         if eta is not None and eta_value != 0 and sampler not in READS_ETA:
-            _warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
+            warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
                   "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
         conds = self.conditions(n, T, H, W, labels=labels, prompt=prompt, negative_prompt=negative_prompt,
                                 frames=given)
@@ -324,146 +325,17 @@ class Pipeline:
             harm.append("quality degrades beyond the training length (long-video generation is not yet in moviola)")
         if resized:
             harm.append(f"quality degrades at another size (generate at {d.size}×{d.size})")
-        _warn(f"this model was trained on {d.frames} frames of {d.size}×{d.size}; asked for {T} frames of {H}×{W}: "
+        warn(f"this model was trained on {d.frames} frames of {d.size}×{d.size}; asked for {T} frames of {H}×{W}: "
               + "; ".join(harm))
 
     def _warn_unused_guidance(self, conds: Conditions, cfg, scale: float, negative_prompt) -> None:
         """A guidance scale with nothing to guide on, or a negative prompt without guidance, changes nothing."""
         if cfg is not None and not conds.guided:
-            _warn(f"cfg={scale} is ignored: the sample is unconditional (this model takes no labels or prompt "
+            warn(f"cfg={scale} is ignored: the sample is unconditional (this model takes no labels or prompt "
                   "and no frames were given)")
         elif negative_prompt is not None and conds.guided and scale == 1.0:
-            _warn("the negative prompt is ignored at cfg=1 (it acts only through guidance): pass a cfg other than 1 "
+            warn("the negative prompt is ignored at cfg=1 (it acts only through guidance): pass a cfg other than 1 "
                   f"(this model's default is {self.config.sample.cfg:g})")
-
-
-def _given_frames(image, frames) -> dict[int, list]:
-    """``image`` (frame 0) and ``frames`` as one mapping: frame index -> list of images (one, or one per video)."""
-    out: dict[int, list] = {}
-    if image is not None:
-        images = [image] if isinstance(image, (str, Path, torch.Tensor)) else list(image)
-        if not images:
-            raise ValueError("the image list is empty")
-        out[0] = images
-    for index, value in (frames or {}).items():
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise ValueError(f"frames maps frame indices (int) to images; got the key {index!r}")
-        index = int(index)
-        if index in out:
-            raise ValueError(f"frame {index} is given twice (image= is frame 0)")
-        images = [value] if isinstance(value, (str, Path, torch.Tensor)) else list(value)
-        if not images:
-            raise ValueError(f"no image for frame {index}")
-        out[index] = images
-    return out
-
-
-def _count(prompt, labels, given: dict, num_videos: Optional[int]) -> int:
-    """How many videos a call makes: one per prompt or label, else num_videos (or one per given image)."""
-    if prompt is not None:
-        return len(prompt)
-    if labels is not None:
-        n = len(labels)
-    else:
-        widest = max((len(v) for v in given.values()), default=0)
-        n = widest if given and num_videos is None else (num_videos or 1)
-    if n <= 0:
-        raise ValueError("nothing to generate: give at least one label or num_videos >= 1")
-    return n
-
-
-def _int(name: str, value, low: Optional[int] = 1, high: Optional[int] = None, what: str = "") -> int:
-    """``value`` as an int (numpy ints too, bools not), ``low``..``high`` when given: TypeError / ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    span = "" if high is None else f"from {low} to {high}{what}"
-    if low is not None and value < low:
-        pos = "positive" if low == 1 else f"at least {low}"
-        raise ValueError(f"{name} must be {pos}{f' (an int {span})' if span else ''}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be an int {span}, got {value}")
-    return value
-
-
-def _real(name: str, value, low: Optional[float] = None) -> float:
-    """``value`` as a finite float (numpy floats and ints too, bools not), ``>= low`` when given."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be {low:g} or more, got {value:g}")
-    return value
-
-
-def _check_sampling(num_timesteps: int, scale, sampler, steps, eta, planned: bool = False) -> tuple[float, int, float]:
-    """The sampling arguments, checked: a known sampler, a finite guidance scale, steps in 1..num_timesteps
-    (not checked with a plan, which sets the steps), eta finite and >= 0."""
-    if not isinstance(sampler, str):
-        raise TypeError(f"sampler must be a name, one of {list(SAMPLERS)}; got {sampler!r} ({type(sampler).__name__})")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: pass one of {list(SAMPLERS)}")
-    scale = _real("cfg", scale)
-    if not planned:
-        steps = _int("steps", steps, high=num_timesteps, what=" (the schedule's timesteps)")
-    return scale, steps, _real("eta", eta, low=0)
-
-
-def _check_seed(seed, n: int) -> int:
-    """A generator seed for each of n videos (seed + i): an int within torch's 64-bit seed range."""
-    seed = _int("seed", seed, low=None)
-    if not -2 ** 63 <= seed <= 2 ** 64 - n:
-        raise ValueError(f"seed must be an int from -2**63 to 2**64 - {n} (video i uses seed + i), got {seed}")
-    return seed
-
-
-def _as_prompts(prompt, name: str) -> Optional[list[str]]:
-    """A prompt or a list of them as a list of strings (None stays None)."""
-    if prompt is None:
-        return None
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (bytes, numbers.Number, torch.Tensor)) or not hasattr(prompt, "__iter__"):
-        raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
-    prompts = list(prompt)
-    if not prompts:
-        raise ValueError(f"the {name} list is empty: give at least one {name}")
-    bad = next((p for p in prompts if not isinstance(p, str)), None)
-    if bad is not None:
-        raise TypeError(f"{name} must be strings, got {bad!r} ({type(bad).__name__})")
-    return prompts
-
-
-def _as_labels(labels) -> Optional[list[int]]:
-    """Class labels (one int, a list, a numpy array or a tensor of ints) as a list of ints (None stays None)."""
-    if labels is None:
-        return None
-    if hasattr(labels, "tolist") and not isinstance(labels, (list, tuple)):  # a numpy array or number, a tensor
-        labels = labels.tolist()  # a 0-d one: a number
-    if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
-        labels = [labels]
-    elif isinstance(labels, (str, bytes, bool)) or not hasattr(labels, "__iter__"):
-        raise TypeError(f"labels must be a list of class indices (ints), one per video, e.g. [3, 17]; got {labels!r}")
-    out = []
-    for y in labels:
-        if isinstance(y, bool) or not isinstance(y, numbers.Integral):
-            raise TypeError(f"labels must be ints (class indices, -1 for none), got {y!r} ({type(y).__name__})")
-        out.append(int(y))
-    return out
-
-
-_NO_GRAD_WRAPPER = os.path.join("torch", "utils", "_contextlib.py")
-
-
-def _warn(message: str) -> None:
-    """A one-line UserWarning, attributed to the first caller outside this module (and torch's no_grad wrapper)."""
-    level, frame = 2, sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename == __file__
-                                 or frame.f_code.co_filename.endswith(_NO_GRAD_WRAPPER)):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _merge(parts: Sequence[Conditioning]) -> Conditioning:

@@ -1,0 +1,152 @@
+"""The arguments of a generation call, checked before any compute, and the warnings about them.
+
+Every numeric argument is a number of the right kind and range (NaN guidance is an error, not a
+NaN video); prompts, labels and given frames come in the forms the pipeline documents. A wrong
+type is a TypeError, a bad value a ValueError, each naming the argument and what to pass. A
+warning is one line, attributed to the caller's line (not to moviola or torch).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from moviola.diffusion.samplers import SAMPLERS
+
+READS_ETA = frozenset({"ddim"})  # diffusion/samplers.py: only _ddim reads eta; ddpm and dpm++2m ignore it
+
+
+def given_frames(image, frames) -> dict[int, list]:
+    """``image`` (frame 0) and ``frames`` as one mapping: frame index -> list of images (one, or one per video)."""
+    out: dict[int, list] = {}
+    if image is not None:
+        images = [image] if isinstance(image, (str, Path, torch.Tensor)) else list(image)
+        if not images:
+            raise ValueError("the image list is empty")
+        out[0] = images
+    for index, value in (frames or {}).items():
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise ValueError(f"frames maps frame indices (int) to images; got the key {index!r}")
+        index = int(index)
+        if index in out:
+            raise ValueError(f"frame {index} is given twice (image= is frame 0)")
+        images = [value] if isinstance(value, (str, Path, torch.Tensor)) else list(value)
+        if not images:
+            raise ValueError(f"no image for frame {index}")
+        out[index] = images
+    return out
+
+
+def count_videos(prompt, labels, given: dict, num_videos: Optional[int]) -> int:
+    """How many videos a call makes: one per prompt or label, else num_videos (or one per given image)."""
+    if prompt is not None:
+        return len(prompt)
+    if labels is not None:
+        n = len(labels)
+    else:
+        widest = max((len(v) for v in given.values()), default=0)
+        n = widest if given and num_videos is None else (num_videos or 1)
+    if n <= 0:
+        raise ValueError("nothing to generate: give at least one label or num_videos >= 1")
+    return n
+
+
+def checked_int(name: str, value, low: Optional[int] = 1, high: Optional[int] = None, what: str = "") -> int:
+    """``value`` as an int (numpy ints too, bools not), ``low``..``high`` when given: TypeError / ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    span = "" if high is None else f"from {low} to {high}{what}"
+    if low is not None and value < low:
+        pos = "positive" if low == 1 else f"at least {low}"
+        raise ValueError(f"{name} must be {pos}{f' (an int {span})' if span else ''}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be an int {span}, got {value}")
+    return value
+
+
+def checked_real(name: str, value, low: Optional[float] = None) -> float:
+    """``value`` as a finite float (numpy floats and ints too, bools not), ``>= low`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be {low:g} or more, got {value:g}")
+    return value
+
+
+def check_sampling(num_timesteps: int, scale, sampler, steps, eta, planned: bool = False) -> tuple[float, int, float]:
+    """The sampling arguments, checked: a known sampler, a finite guidance scale, steps in 1..num_timesteps
+    (not checked with a plan, which sets the steps), eta finite and >= 0."""
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a name, one of {list(SAMPLERS)}; got {sampler!r} ({type(sampler).__name__})")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: pass one of {list(SAMPLERS)}")
+    scale = checked_real("cfg", scale)
+    if not planned:
+        steps = checked_int("steps", steps, high=num_timesteps, what=" (the schedule's timesteps)")
+    return scale, steps, checked_real("eta", eta, low=0)
+
+
+def check_seed(seed, n: int) -> int:
+    """A generator seed for each of n videos (seed + i): an int within torch's 64-bit seed range."""
+    seed = checked_int("seed", seed, low=None)
+    if not -2 ** 63 <= seed <= 2 ** 64 - n:
+        raise ValueError(f"seed must be an int from -2**63 to 2**64 - {n} (video i uses seed + i), got {seed}")
+    return seed
+
+
+def as_prompts(prompt, name: str) -> Optional[list[str]]:
+    """A prompt or a list of them as a list of strings (None stays None)."""
+    if prompt is None:
+        return None
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (bytes, numbers.Number, torch.Tensor)) or not hasattr(prompt, "__iter__"):
+        raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+    prompts = list(prompt)
+    if not prompts:
+        raise ValueError(f"the {name} list is empty: give at least one {name}")
+    bad = next((p for p in prompts if not isinstance(p, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name} must be strings, got {bad!r} ({type(bad).__name__})")
+    return prompts
+
+
+def as_labels(labels) -> Optional[list[int]]:
+    """Class labels (one int, a list, a numpy array or a tensor of ints) as a list of ints (None stays None)."""
+    if labels is None:
+        return None
+    if hasattr(labels, "tolist") and not isinstance(labels, (list, tuple)):  # a numpy array or number, a tensor
+        labels = labels.tolist()  # a 0-d one: a number
+    if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+        labels = [labels]
+    elif isinstance(labels, (str, bytes, bool)) or not hasattr(labels, "__iter__"):
+        raise TypeError(f"labels must be a list of class indices (ints), one per video, e.g. [3, 17]; got {labels!r}")
+    out = []
+    for y in labels:
+        if isinstance(y, bool) or not isinstance(y, numbers.Integral):
+            raise TypeError(f"labels must be ints (class indices, -1 for none), got {y!r} ({type(y).__name__})")
+        out.append(int(y))
+    return out
+
+
+_NO_GRAD_WRAPPER = os.path.join("torch", "utils", "_contextlib.py")
+_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "base.py")}  # the pipeline's own frames
+
+
+def warn(message: str) -> None:
+    """A one-line UserWarning, attributed to the first caller outside this module (and torch's no_grad wrapper)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename in _OWN_FILES
+                                 or frame.f_code.co_filename.endswith(_NO_GRAD_WRAPPER)):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
