@@ -75,12 +75,7 @@ class Latte(nn.Module):
 
     def __init__(self, cfg: LatteConfig, conditions: ConditionsConfig = ConditionsConfig(), in_channels: int = 4):
         super().__init__()
-        if cfg.layout != self.layout:
-            raise ValueError(f"{type(self).__name__} is layout {self.layout!r}, the config says {cfg.layout!r}: "
-                             "build it with Latte.from_config")
-        unsupported = [n for n in conditions.wanted() if n not in cfg.conditions]
-        if unsupported:
-            raise ValueError(f"Latte does not take the condition(s) {unsupported}; it takes {sorted(cfg.conditions)}")
+        self._check(cfg, conditions)
         dims = cfg.dims()
         hidden_size, depth, num_heads, mlp_ratio = dims.hidden_size, dims.depth, dims.num_heads, dims.mlp_ratio
         patch_size, qk_norm, learned_sigma = cfg.patch_size, cfg.qk_norm, cfg.learned_sigma
@@ -88,17 +83,6 @@ class Latte(nn.Module):
         temporal_pos, text_pooled = cfg.temporal_pos, cfg.text_pooled
         num_classes, caption_channels = conditions.num_classes, conditions.text_channels
         context_frames = conditions.context_frames
-        for name, value, options in (("patch_embed", patch_embed, ("frame", "tubelet")),
-                                     ("injection", injection, ("adaln", "adaln_single", "tokens")),
-                                     ("temporal_pos", temporal_pos, ("abs", "rope"))):
-            if value not in options:
-                raise ValueError(f"{name} must be one of {options}, got {value!r}")
-        if self.paired_depth and depth % 2:
-            raise ValueError(f"Latte depth counts spatial + temporal blocks and must be even, got {depth}")
-        if patch_embed == "frame" and tubelet_size != 1:
-            raise ValueError("tubelet_size is only used with patch_embed='tubelet'")
-        if temporal_pos == "rope" and (hidden_size // num_heads) % 2:
-            raise ValueError("temporal_pos='rope' needs an even attention head width")
         self.config, self.conditions = cfg, conditions
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learned_sigma else in_channels
@@ -111,8 +95,6 @@ class Latte(nn.Module):
         self.injection, self.temporal_pos = injection, temporal_pos
         self.caption_channels = caption_channels
         self.pos_base_size, self.pos_interpolation_scale = cfg.pos_base_size, cfg.pos_interpolation_scale
-        if text_pooled and not caption_channels:
-            raise ValueError("text_pooled needs caption_channels (a text model)")
         self.text_pooled, self.context_frames = text_pooled, context_frames
         self.accepts = frozenset(({"labels"} if num_classes else set())
                                  | ({"text", "text_mask"} if caption_channels else set())
@@ -137,27 +119,53 @@ class Latte(nn.Module):
                                       injection)
         self.initialize_weights()
 
-    @staticmethod
-    def from_config(cfg: LatteConfig, conditions: ConditionsConfig, in_channels: int) -> "Latte":
+    def _check(self, cfg: LatteConfig, conditions: ConditionsConfig) -> None:
+        """What a run config's validation also refuses, for models built directly from a config object."""
+        if cfg.layout != self.layout:
+            raise ValueError(f"{type(self).__name__} is layout {self.layout!r}, the config says {cfg.layout!r}: "
+                             "build it with Latte.from_config")
+        unsupported = [n for n in conditions.wanted() if n not in cfg.conditions]
+        if unsupported:
+            raise ValueError(f"Latte does not take the condition(s) {unsupported}; it takes {sorted(cfg.conditions)}")
+        dims = cfg.dims()
+        for name, value, options in (("patch_embed", cfg.patch_embed, ("frame", "tubelet")),
+                                     ("injection", cfg.injection, ("adaln", "adaln_single", "tokens")),
+                                     ("temporal_pos", cfg.temporal_pos, ("abs", "rope"))):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {options}, got {value!r}")
+        if self.paired_depth and dims.depth % 2:
+            raise ValueError(f"Latte depth counts spatial + temporal blocks and must be even, got {dims.depth}")
+        if cfg.patch_embed == "frame" and cfg.tubelet_size != 1:
+            raise ValueError("tubelet_size is only used with patch_embed='tubelet'")
+        if cfg.temporal_pos == "rope" and (dims.hidden_size // dims.num_heads) % 2:
+            raise ValueError("temporal_pos='rope' needs an even attention head width")
+        if cfg.text_pooled and not conditions.text_channels:
+            raise ValueError("text_pooled needs a text model (conditions.text_channels)")
+
+    @classmethod
+    def from_config(cls, cfg: LatteConfig, conditions: ConditionsConfig, in_channels: int) -> "Latte":
         """The Latte of ``cfg.layout`` (the denoiser protocol's constructor, models/base.py)."""
         return LATTE_CLASSES[cfg.layout](cfg, conditions, in_channels)
 
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
-        """The parameters that train in ``stage``: ``all``; ``temporal`` (the attentions across frames and
-        their norms and modulation; with factorized heads, whose attention serves both axes, the whole
-        blocks); ``spatial`` (everything else)."""
+        """The parameters that train in ``stage``: ``all``; ``temporal`` (the temporal blocks: attention
+        across frames, its norms and its modulation); ``spatial`` (everything else). The factorized layouts
+        share one layer between the axes (one modulation for both attentions; one attention for both sets
+        of heads), so they split no stage: freezing either half would freeze a part of the other."""
         if stage == "all":
             return list(self.parameters())
         if stage not in ("temporal", "spatial"):
             raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
+        if self.layout not in ("interleaved", "late_fusion"):
+            raise ValueError(f"stage {stage!r} needs separate spatial and temporal blocks: layout {self.layout!r} "
+                             "shares layers between the axes (use layout interleaved or late_fusion, or stage all)")
         temporal = [p for name, p in self.named_parameters() if self._is_temporal(name)]
         ids = {id(p) for p in temporal}
         return temporal if stage == "temporal" else [p for p in self.parameters() if id(p) not in ids]
 
-    def _is_temporal(self, name: str) -> bool:
-        if self.layout == "factorized_heads":
-            return name.startswith("blocks.")
-        return name.startswith("temporal_blocks.") or ".temporal_attn." in name or ".norm_temporal." in name
+    @staticmethod
+    def _is_temporal(name: str) -> bool:
+        return name.startswith("temporal_blocks.")
 
     # ------------------------------------------------------------------ the layout's blocks
     def build_blocks(self, depth: int, block: dict) -> None:
