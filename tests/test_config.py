@@ -511,3 +511,15 @@ def test_the_conditions_latte_takes_load():
     cfg = load_config(overrides=["conditions.num_classes=48", "conditions.text_channels=24",
                                  "conditions.context_frames=true"])
     assert cfg.conditions.wanted() == ["labels", "text", "context_frames"]
+
+
+def test_an_autoencoder_run_is_not_held_to_the_model_sections_rules():
+    """A VAE run ignores model: (a patch size that does not divide the frame is no reason to refuse it),
+    and a denoiser's train.stage makes no sense for it."""
+    base = ["train.task=autoencoder", "autoencoder.kind=causal_vae", "data.frames=17", "model.patch_size=8",
+            "data.size=32", "autoencoder.channel_mults=[1,2,2,2]", "autoencoder.temporal_downsample=[true,true,false]"]
+    load_config(overrides=base)  # 32 is not a multiple of 8 × 8, which a diffusion run on this VAE would refuse
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_config(overrides=[*base, "train.task=diffusion"])
+    with pytest.raises(ConfigError, match="train.stage=temporal"):
+        load_config(overrides=[*base, "train.stage=temporal"])

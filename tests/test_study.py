@@ -108,3 +108,16 @@ def test_a_run_past_the_budget_is_refused(study_file, tmp_path):
     study_file.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="trained 4 steps, more than the study's budget of 2"):
         run_study(load_study(study_file), only=["v1"], quiet=True, log=lambda m: None)
+
+
+def test_a_variant_whose_class_count_does_not_fit_is_refused_before_any_training(tmp_path):
+    from moviola.config import ConfigError
+    from moviola.study import load_study, run_study
+
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(f"name: s\nsteps: 2\nruns_dir: {tmp_path / 'runs'}\nout_dir: {tmp_path / 'out'}\n"
+                          "variants:\n  good: {config: configs/shapes/ablation/base.yaml}\n"
+                          "  bad: {config: configs/shapes/ablation/base.yaml, set: [conditions.num_classes=10]}\n")
+    with pytest.raises(ConfigError, match="conditions.num_classes=10 does not fit Moving Shapes"):
+        run_study(load_study(study_file), quiet=True)
+    assert not (tmp_path / "runs").exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from moviola.config import ConfigError, RunConfig, config_from_json, load_config, to_dict, yaml_load
+from moviola.data import check_classes, known_classes
 from moviola.diffusion.samplers import SAMPLERS
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir")
@@ -128,7 +129,12 @@ def load_study(path: Union[str, Path]) -> Study:
 
 
 def variant_config(study: Study, v: Variant) -> RunConfig:
-    return load_config(v.config, [*study.set, *v.set, f"train.steps={study.steps}"])
+    """The run config of one variant, with every check that needs no data or weights (the class count too)."""
+    cfg = load_config(v.config, [*study.set, *v.set, f"train.steps={study.steps}"])
+    known = known_classes(cfg.data)
+    if known is not None:
+        check_classes(cfg.conditions, *known)
+    return cfg
 
 
 def _comparable(cfg: dict) -> dict:
@@ -167,9 +173,9 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
             log(f"study {study.name}: {v.name}: trained ({last_step} steps), reused")
         else:
             log(f"study {study.name}: {v.name}: {'resuming at step ' + str(last_step) if kept else 'training'}")
-            from moviola.training.trainer import Trainer
+            from moviola.training import trainer_for
 
-            trainer = Trainer(cfg, run_dir, resume=bool(kept), quiet=quiet)
+            trainer = trainer_for(cfg)(cfg, run_dir, resume=bool(kept), quiet=quiet)
             trainer.train()
             if trainer.stopped_by:
                 raise KeyboardInterrupt(f"stopped by {trainer.stopped_by}; run the study again to continue")

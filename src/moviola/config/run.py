@@ -193,6 +193,11 @@ class RunConfig:
                               "does not take appended image frames")
         if d.use_image_num and d.dataset == "shapes" and d.count < 2:
             raise ConfigError("data.use_image_num > 0 takes its images from other clips: data.count must be at least 2")
+        if t.task == "autoencoder":  # the model: section is not used: its rules do not apply
+            if t.stage != "all":
+                raise ConfigError(f"train.stage={t.stage} selects a denoiser's parameters; an autoencoder run "
+                                  "(train.task=autoencoder) trains what its autoencoder section says: leave it at all")
+            return self
         self.model.validate(self)
         return self
 

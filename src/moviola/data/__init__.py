@@ -16,3 +16,22 @@ def build_dataset(cfg, split: str = "train"):
     from moviola.data.folders import VideoFolder
 
     return VideoFolder(cfg.root, frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size)
+
+
+def known_classes(cfg) -> "tuple[str, int] | None":
+    """The name and class count of a ``data:`` section's dataset, where it has a fixed one (Moving Shapes:
+    48), read without building the dataset."""
+    if cfg.dataset == "shapes":
+        from moviola.data.shapes import MovingShapes
+
+        return MovingShapes.name, MovingShapes.num_classes
+    return None
+
+
+def check_classes(conditions, name: str, classes: int) -> None:
+    """A class-conditional run must take exactly the dataset's classes (or none): a ConfigError otherwise."""
+    from moviola.config import ConfigError
+
+    if classes and conditions.num_classes not in (0, classes):
+        raise ConfigError(f"conditions.num_classes={conditions.num_classes} does not fit {name}, which has {classes} "
+                          f"classes (use {classes}, or 0 for an unconditional model)")

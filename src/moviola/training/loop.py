@@ -64,7 +64,7 @@ import torch
 from tqdm import tqdm
 
 from moviola.config import ConfigError, RunConfig, config_from_json, save_config, to_dict
-from moviola.data import build_dataset
+from moviola.data import build_dataset, check_classes, known_classes
 from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
 from moviola.training.data import BatchPlan, step_batches
 from moviola.training.task import Task
@@ -150,6 +150,9 @@ class RunLoop:
         self._check_run_dir(ckpt_dir, resume, init_from)
         self.precision, self.precision_reason = self._choose_precision()
         self.task = self.task_class(cfg, self.device, self.log, quiet, precision=self.precision)
+        known = known_classes(cfg.data)  # a class count that does not fit is refused before the text encoder loads
+        if known is not None:
+            check_classes(cfg.conditions, *known)
         self.task.check()
 
         torch.manual_seed(cfg.train.seed)  # all global RNGs: a run is a function of its config

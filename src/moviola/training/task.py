@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from moviola.config import ConfigError, RunConfig
+from moviola.config import RunConfig
+from moviola.data import check_classes
 from moviola.io.checkpoint import (check_state_dict, load_state, load_weights, optimizer_from_flat,
                                   save_checkpoint)
 from moviola.training.data import BatchPlan
@@ -71,12 +72,7 @@ class Task:
 
     def check_dataset(self, dataset) -> None:
         """Refusals that need the dataset (its classes), before any model is built."""
-        classes = getattr(dataset, "num_classes", None)
-        c = self.cfg.conditions
-        if classes and c.num_classes not in (0, classes):
-            raise ConfigError(f"conditions.num_classes={c.num_classes} does not fit "
-                              f"{getattr(dataset, 'name', 'the dataset')}, which has {classes} classes "
-                              f"(use {classes}, or 0 for an unconditional model)")
+        check_classes(self.cfg.conditions, getattr(dataset, "name", "the dataset"), getattr(dataset, "num_classes", 0))
 
     def build(self, dataset, plan: BatchPlan, init_from: Optional[str]) -> None:
         """Model, EMA and optimizer; ``self.dataset`` is what the loop reads (a task may wrap it)."""
