@@ -18,6 +18,8 @@ from moviola.models.registry import FAMILIES, build_model
 # the smallest config of each family that exercises its conditions (new families add a line here)
 TINY = {
     "latte": ["model.patch_size=4", "model.hidden_size=16", "model.depth=2", "model.num_heads=2"],
+    "walt": ["model.patch_size=2", "model.hidden_size=16", "model.depth=2", "model.num_heads=2",
+             "model.pos_grid=[4,8,8]"],
 }
 B, C, T, S = 2, 3, 4, 8
 

@@ -27,6 +27,7 @@ class Conditioning:
     context: Optional[torch.Tensor] = None  # (B, C, T, H, W) given frames (latent space)
     context_mask: Optional[torch.Tensor] = None  # (B, 1, T, 1, 1) or (B, 1, T, H, W), 1 = given
     fps: Optional[torch.Tensor] = None  # (B,)
+    low_res: Optional[torch.Tensor] = None  # (B, C, T, H/2, W/2) the low-resolution latent to upsample
     noise_level: Optional[torch.Tensor] = None  # (B,) super-resolution noise augmentation level
     self_cond: Optional[torch.Tensor] = None  # (B, C, T, H, W) previous x0 estimate
 
@@ -88,7 +89,7 @@ class Conditioning:
                     out.context_mask = torch.zeros_like(self.context_mask)
             elif name == "context_mask":
                 out.context_mask = torch.zeros_like(v)
-            # fps and noise_level are not guidance targets: they keep their values.
+            # fps, low_res and noise_level are not guidance targets: they keep their values.
         return out
 
     def drop(self, keep: torch.Tensor, which: Iterable[str]) -> "Conditioning":

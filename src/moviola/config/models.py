@@ -149,8 +149,159 @@ class LatteConfig:
                               "a single image cannot fill a tubelet")
 
 
+# W.A.L.T's sizes. L and XL are the paper's (Table 8: 24×1024 and 28×1152, 16 heads); the paper names no
+# S or B, so they take DiT's S and B dims (12×384, 6 heads; 12×768, 12 heads). ``depth`` counts layers
+# (one window attention + MLP each), alternating spatial-window and spatiotemporal-window: L's 24 layers
+# are 12 SW + 12 STW, the count that gives the paper's 313 M / 458 M parameters (docs/walt.md).
+WALT_SIZES: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, depth=4, num_heads=4, mlp_ratio=4.0),
+    "S": dict(hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "B": dict(hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "XL": dict(hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0),
+}
+Window = tuple[int, int, int]  # (t, h, w) in tokens
+
+
+@dataclass(frozen=True)
+class WaltConfig:
+    """W.A.L.T (Gupta et al. 2023, "Photorealistic Video Generation with Diffusion Models"): a latent video
+    transformer of alternating spatial-window and spatiotemporal-window attention layers; every choice of
+    the paper is a switch, the defaults are the paper's (docs/walt.md)."""
+
+    family: Literal["walt"] = "walt"
+    size: str = "tiny"  # a named size (tiny, S, B, L, XL); the fields below override it
+    patch_size: int = 1  # p: each latent frame is cut into p×p patches (the paper's default 1)
+    hidden_size: Optional[int] = None
+    depth: Optional[int] = None  # layers, SW and STW alternating (even: L = 24 = 12 SW + 12 STW)
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    learned_sigma: bool = False  # the paper predicts v with a fixed variance
+    qk_norm: bool = True  # query-key normalization (the paper's default)
+    # the latent grid t×h×w the learnable absolute position embeddings are made for (the training
+    # grid); at another grid they and the relative-bias tables are interpolated (docs/walt.md)
+    pos_grid: Optional[tuple[int, int, int]] = None
+    # windows in tokens (latent / patch) at pos_grid. SW: 1×h'×w' (null = the whole frame);
+    # STW: t×h'×w' (null = all latent frames × h/2 × w/2, the paper's 5×8×8 on 5×16×16)
+    spatial_window: Optional[tuple[int, int]] = None
+    spatiotemporal_window: Optional[tuple[int, int, int]] = None
+    relative_bias: bool = True  # a Swin-style learned relative position bias in every window attention
+    adaln: Literal["lora", "separate"] = "lora"  # AdaLN-LoRA (Eq. 3), or DiT's own adaLN per layer
+    adaln_lora_rank: int = 2  # r
+    # text: k = v = concat[tokens of the window, text] (the paper's), or plain cross-attention to the text
+    text_attention: Literal["concat_kv", "cross"] = "concat_kv"
+    text_in_stw: bool = False  # also attend to the text in the STW layers (the paper's video-only setting)
+    text_pooled: bool = False  # also add the mask-mean of the text tokens to the conditioning vector
+
+    conditions: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level",
+                                                 "self_cond"})
+    joint_images: ClassVar[bool] = True  # image frames (num_images) get SW attention and an identity STW
+    RANGES: ClassVar[tuple] = (("model.patch_size", 1, 64), ("model.hidden_size", 1, None),
+                               ("model.depth", 1, None), ("model.num_heads", 1, None),
+                               ("model.mlp_ratio", 1e-6, None), ("model.adaln_lora_rank", 1, None),
+                               *((f"model.pos_grid[{i}]", 1, 4096) for i in range(3)),
+                               *((f"model.spatial_window[{i}]", 1, None) for i in range(2)),
+                               *((f"model.spatiotemporal_window[{i}]", 1, None) for i in range(3)))
+
+    @staticmethod
+    def migrate(section: dict) -> list[tuple[str, str]]:
+        return []
+
+    def dims(self) -> ModelDims:
+        """Width, depth, heads and MLP ratio: the named size, overridden by the fields that are set."""
+        if self.size not in WALT_SIZES:
+            raise ConfigError(f"model.size {self.size!r} is not one of {list(WALT_SIZES)}")
+        base = WALT_SIZES[self.size]
+        dims = ModelDims(hidden_size=self.hidden_size or base["hidden_size"], depth=self.depth or base["depth"],
+                         num_heads=self.num_heads or base["num_heads"], mlp_ratio=self.mlp_ratio or base["mlp_ratio"])
+        if dims.hidden_size % dims.num_heads:
+            raise ConfigError(f"model.hidden_size={dims.hidden_size} is not divisible by "
+                              f"model.num_heads={dims.num_heads}")
+        if dims.depth <= 0 or dims.depth % 2:
+            raise ConfigError(f"model.depth={dims.depth} must be even and positive: W.A.L.T's layers alternate "
+                              "spatial-window and spatiotemporal-window attention")
+        return dims
+
+    def token_grid(self) -> Window:
+        """pos_grid in tokens: (t, h/p, w/p)."""
+        if self.pos_grid is None:
+            raise ConfigError("model.pos_grid is not set: give the training latent grid [t, h, w]")
+        t, h, w = self.pos_grid
+        p = self.patch_size
+        if h % p or w % p:
+            raise ConfigError(f"model.patch_size={p} does not divide model.pos_grid={list(self.pos_grid)} "
+                              f"(latent {h}×{w})")
+        return t, h // p, w // p
+
+    def train_windows(self) -> tuple[Window, Window]:
+        """The SW and STW windows (t, h, w) in tokens at pos_grid: the sizes of the relative-bias tables."""
+        grid = t, h, w = self.token_grid()
+        sw = (1, *self.spatial_window) if self.spatial_window else (1, h, w)
+        if self.spatiotemporal_window:
+            stw = tuple(self.spatiotemporal_window)
+        elif h % 2 or w % 2:
+            raise ConfigError(f"the default model.spatiotemporal_window (all frames × h/2 × w/2) needs an even token "
+                              f"grid, got {h}×{w} (model.pos_grid={list(self.pos_grid)} / model.patch_size="
+                              f"{self.patch_size}): set model.spatiotemporal_window")
+        else:
+            stw = (t, h // 2, w // 2)
+        for key, win in (("model.spatial_window", sw), ("model.spatiotemporal_window", stw)):
+            if any(n % k for k, n in zip(win, grid)):
+                raise ConfigError(f"{key}={list(win[1:] if key == 'model.spatial_window' else win)} does not divide "
+                                  f"the token grid {t}×{h}×{w} (model.pos_grid={list(self.pos_grid)} / "
+                                  f"model.patch_size={self.patch_size})")
+        return sw, stw
+
+    def windows(self, grid: Window) -> tuple[Window, Window]:
+        """The SW and STW windows at a token grid (t video frames, h, w) other than pos_grid's (another
+        length, size or aspect ratio): a window spanning a whole axis spans the new one; a smaller one
+        keeps its length in time and scales with the grid in space (the paper's 9:16 fine-tune)."""
+        train = self.token_grid()
+        sw, stw = self.train_windows()
+        return (self._fit("model.spatial_window", sw, train, grid, whole_time=False),
+                self._fit("model.spatiotemporal_window", stw, train, grid, whole_time=True))
+
+    def _fit(self, key: str, window: Window, train: Window, grid: Window, whole_time: bool) -> Window:
+        fitted = []
+        for axis, (k, n0, n) in enumerate(zip(window, train, grid)):
+            if axis == 0 and not whole_time:
+                k = 1  # a spatial window is one frame at any length
+            elif k == n0:
+                k = n  # a window spanning an axis spans it at any size
+            elif axis > 0:  # a smaller spatial window scales with the frame (STW 5×8×8 at 16×28: 5×8×14)
+                if k * n % n0:
+                    raise ConfigError(f"{key}: a window of {k} of {n0} tokens does not scale to a grid of {n} "
+                                      f"(model.pos_grid={list(self.pos_grid)}, patch {self.patch_size})")
+                k = k * n // n0
+            if n % k:
+                raise ConfigError(f"{key}: a window of {k} tokens does not divide the token grid "
+                                  f"{'×'.join(map(str, grid))} (model.pos_grid={list(self.pos_grid)}, patch "
+                                  f"{self.patch_size})")
+            fitted.append(k)
+        return tuple(fitted)
+
+    def validate(self, run) -> None:
+        """W.A.L.T's rules against the rest of the run: grid, patch, windows, conditions."""
+        d, c = run.data, run.conditions
+        self.dims()
+        factor = autoencoder_spatial_factor(run.autoencoder)
+        if d.size % (self.patch_size * factor):
+            raise ConfigError(f"data.size={d.size} is not divisible by model.patch_size × autoencoder factor = "
+                              f"{self.patch_size}×{factor}; pick a size that is a multiple of "
+                              f"{self.patch_size * factor}")
+        latent = (latent_frames(run.autoencoder, d.frames), d.size // factor, d.size // factor)
+        if self.pos_grid is None:
+            raise ConfigError(f"model.pos_grid is not set: give the training latent grid, here {list(latent)} "
+                              f"(data.frames={d.frames}, data.size={d.size}, autoencoder factor {factor})")
+        self.windows((latent[0], latent[1] // self.patch_size, latent[2] // self.patch_size))
+        if (self.text_pooled or self.text_in_stw) and not c.text_channels:
+            raise ConfigError("model.text_pooled and model.text_in_stw need a text model: set conditions.text_channels")
+        if c.noise_level and not c.low_res:
+            raise ConfigError("conditions.noise_level (noise-conditioning augmentation) needs conditions.low_res")
+
+
 # family -> its config class; models/registry.py pairs each with its model class
-MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig}
+MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig, "walt": WaltConfig}
 
 
 def _family_keys() -> dict[str, set[str]]:
@@ -162,7 +313,7 @@ def model_config_from_dict(value: Any, key: str = "model") -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a mapping of model fields, got {value!r}")
     family = value.get("family", "latte")
-    if family not in MODEL_CONFIGS:
+    if not isinstance(family, str) or family not in MODEL_CONFIGS:  # a list is not a family (nor hashable)
         raise ConfigError(f"{key}.family: {family!r} is not one of {list(MODEL_CONFIGS)}")
 
     def other_family(k: str, hint: str) -> str:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from moviola.config import ConditionsConfig, LatteConfig
+from moviola.config import ConditionsConfig, LatteConfig, WaltConfig
 from moviola.models.latte import Latte
+from moviola.models.walt import Walt
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "latte": (LatteConfig, Latte),
+    "walt": (WaltConfig, Walt),
 }
 
 

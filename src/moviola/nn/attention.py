@@ -1,5 +1,6 @@
 """Multi-head attention: self-attention with a fused qkv projection (DiT/timm key names: qkv, proj),
-cross-attention to a token sequence (text), and rotary position embedding (RoPE) on q and k."""
+cross-attention to a token sequence (text), W.A.L.T's attention to the tokens and the text together
+(``ConcatKVAttention``), and rotary position embedding (RoPE) on q and k."""
 from __future__ import annotations
 
 from typing import Optional
@@ -96,3 +97,41 @@ class CrossAttention(nn.Module):
         if any_real is not None:
             out = out * any_real[:, None, None].to(out.dtype)  # empty prompt -> no contribution
         return out
+
+
+class ConcatKVAttention(nn.Module):
+    """W.A.L.T's text attention: queries from the tokens of a group (a window), keys and values from
+    those tokens and the context together, ``k = v = concat[x, context]`` (the paper's Fig. 2).
+
+    ``x`` is (B, G, L, D): G groups of L tokens; each group attends to its own tokens and to the
+    context (B, S, D), which must already have the token width. ``mask`` (B, S) marks the real context
+    tokens; a row with none (the empty prompt) attends to its own tokens only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # one projection for the tokens and the context
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, G, L, D = x.shape
+        S, h, hd = context.shape[1], self.num_heads, self.head_dim
+        q = self.q(x).view(B * G, L, h, hd).transpose(1, 2)  # (B·G, h, L, hd)
+        kv_x = self.kv(x).view(B * G, L, 2, h, hd)  # (B·G, L, 2, h, hd)
+        kv_c = self.kv(context).view(B, 1, S, 2 * D).expand(B, G, S, 2 * D)  # (B, G, S, 2D), shared by the groups
+        kv_c = kv_c.reshape(B * G, S, 2, h, hd)  # (B·G, S, 2, h, hd)
+        k, v = torch.cat([kv_x, kv_c], dim=1).permute(2, 0, 3, 1, 4).unbind(0)  # each (B·G, h, L+S, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None
+        if mask is not None:
+            keep = torch.cat([mask.new_ones(B, L, dtype=torch.bool), mask.to(torch.bool)], dim=1)  # (B, L+S)
+            attn_mask = keep[:, None, None, :].expand(B, G, 1, L + S).reshape(B * G, 1, 1, L + S)
+        out = attention(q, k, v, attn_mask)  # (B·G, h, L, hd)
+        return self.proj(out.transpose(1, 2).reshape(B, G, L, D))  # (B, G, L, D)

@@ -7,6 +7,8 @@
   block only adds its learned ``scale_shift_table``.
 - ``TokenInjection``: no modulation. The timestep and class are extra tokens in the sequence, and the
   block is a plain pre-LN transformer block whose LayerNorms have their own affine parameters.
+- ``AdaLNLoRA`` (W.A.L.T, Eq. 3): one full regression shared by every layer (``AdaLNLoRAShared``,
+  owned by the model), plus a rank-r update per layer: ``A^i = A^1 + W_b^i W_a^i (c + t)``.
 
 A modulation object holds no weights: it creates them on the block it is attached to, under the
 names the released checkpoints use (``adaLN_modulation``, ``scale_shift_table``), so weights load
@@ -14,9 +16,10 @@ across every converter unchanged. ``MODULATIONS`` names them for configs (``mode
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -98,6 +101,71 @@ class AdaLNSingle(Modulation):
 class TokenInjection(Modulation):
     kind = "tokens"
     norm_affine = True
+
+
+class LoRACondition(NamedTuple):
+    """What an AdaLN-LoRA layer reads: the shared vectors A^1 (..., chunks·D) and SiLU(c) (..., D)."""
+
+    shared: torch.Tensor
+    hidden: torch.Tensor
+
+
+class AdaLNLoRAShared(nn.Module):
+    """W.A.L.T's A^1 = MLP(c + t): DiT's adaLN regression (SiLU, then one linear map to ``chunks`` vectors),
+    computed once per forward and shared by every AdaLN-LoRA layer. Zero-initialized (adaLN-Zero)."""
+
+    def __init__(self, dim: int, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+        self.linear = nn.Linear(dim, chunks * dim)
+
+    def forward(self, c: torch.Tensor) -> LoRACondition:
+        hidden = F.silu(c)  # (..., D)
+        return LoRACondition(self.linear(hidden), hidden)  # (..., chunks·D), (..., D)
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+
+class AdaLNLoRA(Modulation):
+    """AdaLN-LoRA (W.A.L.T, Gupta et al. 2023, Eq. 3): layer i's vectors are the shared A^1 plus a rank-r
+    update of the same input, ``A^i = A^1 + W_b^i W_a^i SiLU(c + t)``, W_a^i: D -> r, W_b^i: r -> chunks·D,
+    no biases: ``r·(D + chunks·D)`` parameters a layer instead of DiT's ``chunks·D·(D + 1)``.
+
+    ``rank=0`` gives a layer A^1 itself (Eq. 3 read literally: "for i ≠ 1"). The block gets ``adaLN_lora``
+    (W_a, then W_b); W_b starts at zero, so with a zero A^1 every layer starts as the identity.
+    ``vectors`` takes a ``LoRACondition`` (from the model's ``AdaLNLoRAShared``).
+    """
+
+    kind = "adaln_lora"
+
+    def __init__(self, rank: int):
+        if rank < 0:
+            raise ValueError(f"AdaLN-LoRA rank must be 0 (the shared vectors alone) or more, got {rank}")
+        self.rank = rank
+
+    def attach(self, block: nn.Module, dim: int, chunks: int) -> None:
+        super().attach(block, dim, chunks)
+        if self.rank:
+            block.adaLN_lora = nn.Sequential(nn.Linear(dim, self.rank, bias=False),
+                                             nn.Linear(self.rank, chunks * dim, bias=False))
+
+    def vectors(self, block: nn.Module, c: LoRACondition) -> tuple[Optional[torch.Tensor], ...]:
+        a = c.shared if not self.rank else c.shared + block.adaLN_lora(c.hidden)  # (..., chunks·D)
+        return a.chunk(block.chunks, dim=-1)
+
+    def zero_init(self, block: nn.Module) -> None:
+        if self.rank:
+            nn.init.zeros_(block.adaLN_lora[-1].weight)
+
+    @staticmethod
+    def parameter_count(dim: int, chunks: int, rank: int, updates: int) -> int:
+        """The shared regression (chunks·D·D weights + chunks·D biases) and ``updates`` rank-r updates."""
+        return chunks * dim * (dim + 1) + updates * rank * (dim + chunks * dim)
+
+    def __repr__(self) -> str:
+        return f"AdaLNLoRA(rank={self.rank})"
 
 
 MODULATIONS: dict[str, Modulation] = {m.kind: m for m in (AdaLNZero(), AdaLNSingle(), TokenInjection())}

@@ -36,6 +36,7 @@ from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig, LatteConfig
 from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock
 from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
+from moviola.nn.inputs import masked_mean, text_tokens, with_context
 from moviola.nn.patch import PatchEmbed, TubeletEmbed, unpatchify
 from moviola.nn.transformer import FinalLayer, ModulatedBlock, TransformerBlock
 
@@ -285,44 +286,20 @@ class Latte(nn.Module):
 
     def text_context(self, cond: Optional[Conditioning], batch: int):
         """Projected text tokens (B, L, D) and their mask, or None (no text: the empty prompt)."""
-        if self.caption_projection is None or cond is None or cond.text is None:
+        if self.caption_projection is None:
             return None
-        text, mask = cond.text, cond.text_mask
-        if text.dim() != 3 or text.shape[0] != batch or text.shape[2] != self.caption_channels:
-            raise ValueError(f"text must have shape (B, L, {self.caption_channels}) with B = {batch}, "
-                             f"got {tuple(text.shape)}")
-        if mask is not None and mask.shape != text.shape[:2]:
-            raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
-        return self.caption_projection(text), mask
+        tokens = text_tokens(cond, batch, self.caption_channels)  # checked (B, L, D_text), (B, L)
+        return None if tokens is None else (self.caption_projection(tokens[0]), tokens[1])
 
     def pooled_text(self, cond: Optional[Conditioning]) -> Optional[torch.Tensor]:
         """``text_pooled``: the projected mask-mean of the text tokens (B, 1, D), or None."""
         if self.text_pooler is None or cond is None or cond.text is None:
             return None
-        text = cond.text
-        mask = (torch.ones(text.shape[:2], device=text.device) if cond.text_mask is None
-                else cond.text_mask.to(text.dtype))  # (B, L)
-        mean = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, D_text)
-        return self.text_pooler(mean)[:, None]  # (B, 1, D)
+        return self.text_pooler(masked_mean(cond.text, cond.text_mask))[:, None]  # (B, 1, D)
 
     def with_context(self, x: torch.Tensor, cond: Optional[Conditioning]) -> torch.Tensor:
         """``context_frames``: x_t (B, C, T, H, W) -> (x_t, m ∘ z, m) (B, 2C+1, T, H, W); no context = zeros."""
-        if not self.context_frames:
-            return x
-        B, C, T, H, W = x.shape
-        z = None if cond is None else cond.context
-        if z is None:
-            return torch.cat([x, x.new_zeros(B, C + 1, T, H, W)], dim=1)
-        if z.shape != x.shape:
-            raise ValueError(f"context must have the latent's shape {tuple(x.shape)}, got {tuple(z.shape)}")
-        m = cond.context_mask
-        if m is None:
-            raise ValueError("context needs context_mask (B, 1, T, 1, 1) or (B, 1, T, H, W): 1 where a frame is given")
-        if m.dim() != 5 or m.shape[0] != B or m.shape[1] != 1 or m.shape[2] != T or m.shape[3:] not in ((1, 1), (H, W)):
-            raise ValueError(f"context_mask must have shape (B, 1, T, 1, 1) or (B, 1, T, H, W) = ({B}, 1, {T}, "
-                             f"{H}, {W}), got {tuple(m.shape)}")
-        m = m.to(x.dtype).expand(B, 1, T, H, W)
-        return torch.cat([x, z.to(x.dtype) * m, m], dim=1)  # (B, 2C+1, T, H, W)
+        return with_context(x, cond) if self.context_frames else x
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
