@@ -25,6 +25,9 @@ def load_autoencoder(path: Union[str, Path], weights: str = "ema") -> Autoencode
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"autoencoder path does not exist: {p}")
+    from moviola.io.checkpoint import check_kind
+
+    check_kind(p, ("autoencoder", "autoencoder_run", "diffusion", "diffusers_pipeline"), "an autoencoder")
     kind = _class_name(p)
     if kind == "CausalVAE":
         from moviola.autoencoders.causal_vae import CausalVAE

@@ -28,7 +28,10 @@ _COMMANDS = (train.add_train_parsers, evaluate.add_eval_vae_parser, sample.add_s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from moviola import __version__
+
     p = Parser(prog="moviola", description="Latent video diffusion: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"moviola {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
@@ -36,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings on the CLI read like its errors: one line, no source location."""
-    print(f"moviola: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
+    """Warnings on the CLI read like its errors: one line, no source location (above a progress bar, if one runs)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"moviola: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from moviola.cli.common import check_output
+
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert", help="import or export weights: official Latte .pt, diffusers Latte")
@@ -26,19 +28,24 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
     ce.add_argument("src", help="a checkpoint directory or a run directory")
     ce.add_argument("out", help="output directory (config.json + diffusion_pytorch_model.safetensors)")
-    ce.add_argument("--weights", choices=["ema", "model"], default="ema")
+    ce.add_argument("--weights", choices=["ema", "model"], default="ema",
+                    help="a training checkpoint's EMA weights or its raw model weights")
     ce.set_defaults(fn=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from moviola import interop as convert
 
+    check_output(args.out, "", directory=True)
     if args.source == "latte-official":
         out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
                                        base_config=args.config)
     elif args.source == "diffusers-latte":
         out = convert.import_diffusers(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
     else:
+        from moviola.io.checkpoint import check_kind
+
+        check_kind(args.src, ("diffusion",), "a moviola diffusion model")
         out = convert.export_diffusers(args.src, args.out, weights=args.weights)
     print(f"wrote {out}")
     return 0

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import argparse
 
+from moviola.cli.common import check_output, writing
+
 
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="dataset", required=True)
     ds = dsub.add_parser("shapes", help="write Moving Shapes clips as mp4 files plus captions.jsonl")
-    ds.add_argument("--out", required=True)
-    ds.add_argument("--split", choices=["train", "test"], default="train")
-    ds.add_argument("--count", type=int, default=480)
-    ds.add_argument("--size", type=int, default=32, choices=[32, 64, 128, 256])
-    ds.add_argument("--frames", type=int, default=16)
-    ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--bounce", action="store_true")
+    ds.add_argument("--out", required=True, help="the folder to write (created; clips 000000.mp4 ... and captions.jsonl)")
+    ds.add_argument("--split", choices=["train", "test"], default="train",
+                    help="test holds the compositional hold-out combinations")
+    ds.add_argument("--count", type=int, default=480, help="clips to write")
+    ds.add_argument("--size", type=int, default=32, choices=[32, 64, 128, 256], help="frame size in pixels")
+    ds.add_argument("--frames", type=int, default=16, help="frames per clip")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the clips (the same seed gives the same clips)")
+    ds.add_argument("--bounce", action="store_true", help="objects bounce off the edges (for clips longer than one "
+                                                          "crossing)")
     ds.set_defaults(fn=_cmd_data_shapes)
 
 
@@ -23,7 +27,9 @@ def _cmd_data_shapes(args: argparse.Namespace) -> int:
 
     if args.count <= 0:
         raise ValueError("--count must be at least 1")
-    write_shapes_folder(args.out, split=args.split, count=args.count, size=args.size, frames=args.frames,
-                        seed=args.seed, bounce=args.bounce)
+    check_output(args.out, "--out", directory=True)
+    with writing(args.out, "--out"):
+        write_shapes_folder(args.out, split=args.split, count=args.count, size=args.size, frames=args.frames,
+                            seed=args.seed, bounce=args.bounce)
     print(f"wrote {args.count} {args.split} clips and captions.jsonl to {args.out}")
     return 0

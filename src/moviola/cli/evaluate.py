@@ -6,24 +6,26 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from moviola.cli.common import check_numbers
+from moviola.cli.common import check_numbers, check_output, writing
 from moviola.diffusion.samplers import SAMPLERS
+from moviola.io.checkpoint import check_kind
 
 
 def add_eval_vae_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval-vae", help="PSNR, SSIM and temporal flicker of an autoencoder's reconstructions")
     ev.add_argument("autoencoder", help="an autoencoder directory (moviola export of a train-vae run, a diffusers "
                                         "AutoencoderKL) or a run directory")
-    ev.add_argument("--videos", help="a folder of videos (or one file) to reconstruct")
+    ev.add_argument("--videos", help="a folder of videos (searched recursively), or one video file, to reconstruct")
     ev.add_argument("--shapes", type=int, help="reconstruct this many Moving Shapes test-split clips instead")
     ev.add_argument("--frames", type=int, default=17, help="frames per clip (a causal VAE takes 1 + 4k)")
     ev.add_argument("--size", type=int, default=64, help="frame size (videos are resized to cover it, centre-cropped)")
     ev.add_argument("--stride", type=int, default=1, help="take every N-th frame of the videos")
-    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--batch-size", type=int, default=4, help="clips encoded and decoded at once")
     ev.add_argument("--chunk-frames", type=int, help="causal VAE: encode this many frames at a time")
     ev.add_argument("--tile-size", type=int, help="causal VAE: spatial tiles of this many pixels")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     ev.add_argument("--json", help="write the result here")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(fn=_cmd_eval_vae)
 
 
@@ -36,28 +38,29 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--image-to-video", action="store_true", help="also give each video the first frame of a "
                                                                      "test clip of its class; adds frame-0 PSNR")
     es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
-    es.add_argument("--per-class", type=int, default=1)
-    es.add_argument("--steps", type=int, default=50)
-    es.add_argument("--cfg", type=float)
-    es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
-    es.add_argument("--seed", type=int, default=0)
-    es.add_argument("--device", default=None)
+    es.add_argument("--per-class", type=int, default=1, help="videos per class (48 classes)")
+    es.add_argument("--steps", type=int, default=50, help="sampling steps")
+    es.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's sample.cfg)")
+    es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
+    es.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
+    es.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto: cuda, then mps, then cpu)")
     es.add_argument("--csv", help="write one row per video here")
     es.add_argument("--json", help="write the summary here")
+    es.add_argument("--quiet", action="store_true", help="no progress bar")
     es.set_defaults(fn=_cmd_eval_shapes)
     ef = esub.add_parser("fvd", help="Fréchet Video Distance, StyleGAN-V protocol (docs/evaluation.md)")
     ef.add_argument("--real", required=True, help="folder of real videos (first --clips usable ones, random offsets)")
     ef.add_argument("--fake", required=True, help="folder of generated videos (moviola sample --out-dir), from frame 0")
     ef.add_argument("--detector", required=True, help="local I3D file: i3d_torchscript.pt or an I3D state dict")
     ef.add_argument("--detector-sha256", help="expected SHA-256 of the detector (overrides the pinned one)")
-    ef.add_argument("--clips", type=int, default=2048)
-    ef.add_argument("--frames", type=int, default=16)
+    ef.add_argument("--clips", type=int, default=2048, help="clips per set")
+    ef.add_argument("--frames", type=int, default=16, help="frames per clip")
     ef.add_argument("--stride", type=int, default=1, help="take every N-th frame (StyleGAN-V _subsample8f: 8)")
     ef.add_argument("--resolution", type=int, help="centre-crop and resize frames to this first (Latte: 256)")
     ef.add_argument("--seed", type=int, default=0, help="seed of the real clips' random offsets")
-    ef.add_argument("--batch-size", type=int, default=16)
+    ef.add_argument("--batch-size", type=int, default=16, help="clips through the detector at once")
     ef.add_argument("--no-cache", action="store_true", help="recompute the real-set statistics")
-    ef.add_argument("--device", default="cpu")
+    ef.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     ef.add_argument("--json", help="write the result here")
     ef.set_defaults(fn=_cmd_eval_fvd)
     ei = esub.add_parser("fid", help="FID (and IS of the generated set) over frames, FID Inception from a local file")
@@ -69,8 +72,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ei.add_argument("--frame-stride", type=int, default=1, help="score every N-th frame of each video")
     ei.add_argument("--max-frames", type=int, help="at most this many frames per video")
     ei.add_argument("--splits", type=int, default=10, help="Inception Score splits")
-    ei.add_argument("--batch-size", type=int, default=50)
-    ei.add_argument("--device", default="cpu")
+    ei.add_argument("--batch-size", type=int, default=50, help="frames through Inception at once")
+    ei.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     ei.add_argument("--json", help="write the result here")
     ei.set_defaults(fn=_cmd_eval_fid)
 
@@ -79,7 +82,8 @@ def _report(result: dict, json_path: Optional[str]) -> int:
     """Print a result as JSON (and write it to ``--json``)."""
     text = json.dumps(result, indent=2)
     if json_path:
-        Path(json_path).write_text(text + "\n")
+        with writing(json_path, "--json"):
+            Path(json_path).write_text(text + "\n")
     print(text)
     return 0
 
@@ -89,27 +93,33 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.videos is None):
         raise ValueError("give exactly one of --checkpoint (sample and score) or --videos DIR (score files)")
+    check_output(args.csv, "--csv", parents=False)
+    check_output(args.json, "--json", parents=False)
     if args.checkpoint is not None:
         if args.per_class <= 0:
             raise ValueError("--per-class must be at least 1")
         check_numbers(args)
+        check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
                                      sampler=args.sampler, seed=args.seed, device=args.device,
-                                     image_to_video=args.image_to_video)
+                                     image_to_video=args.image_to_video, progress=not args.quiet)
     else:
-        result = evaluate_folder(args.videos)
+        result = evaluate_folder(args.videos, progress=not args.quiet)
     rows = result.pop("rows")
     if args.csv:
-        write_rows_csv(rows, args.csv)
+        with writing(args.csv, "--csv"):
+            write_rows_csv(rows, args.csv)
     return _report(result, args.json)
 
 
 def _cmd_eval_vae(args: argparse.Namespace) -> int:
     from moviola.eval.vae_eval import evaluate_autoencoder
 
+    check_output(args.json, "--json", parents=False)
     result = evaluate_autoencoder(args.autoencoder, videos=args.videos, shapes=args.shapes, frames=args.frames,
                                   size=args.size, stride=args.stride, batch_size=args.batch_size,
-                                  chunk_frames=args.chunk_frames, tile_size=args.tile_size, device=args.device)
+                                  chunk_frames=args.chunk_frames, tile_size=args.tile_size, device=args.device,
+                                  progress=not args.quiet)
     return _report(result, args.json)
 
 
@@ -123,6 +133,7 @@ def _cmd_eval_fid(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be at least 1")
+    check_output(args.json, "--json", parents=False)
     model = load_inception(args.weights, sha256=args.weights_sha256, device=resolve_device(args.device))
     frames = dict(frame_stride=args.frame_stride, max_frames=args.max_frames)
     fake, logits = inception_features(frames_from_files(args.fake, **frames), model, args.batch_size,
@@ -145,6 +156,7 @@ def _cmd_eval_fvd(args: argparse.Namespace) -> int:
 
     if args.resolution is not None and args.resolution < 1:
         raise ValueError("--resolution must be positive")
+    check_output(args.json, "--json", parents=False)
     detector = load_detector(args.detector, sha256=args.detector_sha256, device=resolve_device(args.device))
     result = fvd(args.real, args.fake, detector, clips=args.clips, frames=args.frames, stride=args.stride,
                  resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache)

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
-from moviola.cli.common import check_numbers
+from moviola.cli.common import check_numbers, check_output, writing
 from moviola.diffusion.samplers import SAMPLERS
+from moviola.io.checkpoint import check_kind
+
+BATCH = 16  # videos per pipeline call: the pipeline's default batch, so each video's batch is the same as in one call
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,20 +25,22 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
                                    "image-to-video; resized to cover the frame size, centre-cropped")
     s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
-    s.add_argument("--sampler", choices=list(SAMPLERS))
-    s.add_argument("--steps", type=int)
-    s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sampler", choices=list(SAMPLERS), help="the sampler (default: the checkpoint's sample.sampler)")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)")
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none (default: the checkpoint's "
+                                             "sample.cfg)")
+    s.add_argument("--eta", type=float, help="DDIM eta, 0 = deterministic (default: the checkpoint's sample.eta)")
+    s.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
     s.add_argument("--size", type=int, help="frame size in pixels (default: the training size)")
-    s.add_argument("--fps", type=int, default=8)
+    s.add_argument("--fps", type=int, default=8, help="frame rate of the written files")
     s.add_argument("--out", help="output file: .mp4, .gif, or .png (a grid of all videos)")
     s.add_argument("--out-dir", help="write one file per video plus manifest.jsonl here")
     s.add_argument("--format", choices=["mp4", "gif", "png"], default="mp4", help="file type for --out-dir")
-    s.add_argument("--weights", choices=["ema", "model"], default="ema")
-    s.add_argument("--device", default=None)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--weights", choices=["ema", "model"], default="ema",
+                   help="a training checkpoint's EMA weights or its raw model weights")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto: cuda, then mps, then cpu)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_sample)
 
 
@@ -46,6 +53,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("give --label or --prompt/--prompts-file, not both")
     if args.negative_prompt is not None and prompts is None:
         raise ValueError("--negative-prompt needs --prompt or --prompts-file")
+    check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
     pipe = moviola.load_pipeline(args.checkpoint, weights=args.weights, device=args.device)
     labels = None
     if args.label:
@@ -56,15 +64,43 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompts = [p for p in prompts for _ in range(args.num_videos)]
     elif "text" in pipe.accepts:
         raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    video = pipe(labels=labels, prompt=prompts, negative_prompt=args.negative_prompt, image=args.image,
-                 num_videos=args.num_videos, num_frames=args.frames, height=args.size,
-                 width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
-                 seed=args.seed, progress=not args.quiet)
+    video = generate(pipe, args, labels, prompts)
     if args.out_dir:
         _write_folder(video, args, pipe, labels, prompts)
     if args.out:
         _write_file(video, args)
     return 0
+
+
+def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompts: Optional[list[str]]):
+    """Every video, one pipeline call per batch of :data:`BATCH` under one bar over the videos (the
+    sampler's own bar runs per batch). Video i keeps the seed ``seed + i`` and the batch it has in one
+    call of the pipeline, so the videos are that call's; a warning repeated by the batches is shown once."""
+    import torch
+    from tqdm import tqdm
+
+    n = len(labels) if labels is not None else len(prompts) if prompts is not None else args.num_videos
+    videos, shown, show = [], set(), warnings.showwarning
+
+    def show_once(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings(), tqdm(total=n, desc="videos", unit="video", disable=args.quiet,
+                                         file=sys.stderr, dynamic_ncols=True) as bar:
+        warnings.simplefilter("always")
+        warnings.showwarning = show_once
+        for start in range(0, n, BATCH):
+            part = slice(start, start + BATCH)
+            videos.append(pipe(labels=None if labels is None else labels[part],
+                               prompt=None if prompts is None else prompts[part],
+                               negative_prompt=args.negative_prompt, image=args.image,
+                               num_videos=min(BATCH, n - start), num_frames=args.frames, height=args.size,
+                               width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
+                               seed=args.seed + start, batch_size=BATCH, progress=not args.quiet))
+            bar.update(len(videos[-1]))
+    return torch.cat(videos)
 
 
 def _check_sample_args(args: argparse.Namespace) -> None:
@@ -76,6 +112,8 @@ def _check_sample_args(args: argparse.Namespace) -> None:
         raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):
         raise ValueError(f"--out {args.out}: the suffix must be .mp4, .gif or .png")
+    check_output(args.out, "--out")
+    check_output(args.out_dir, "--out-dir", directory=True)
 
 
 def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[int]],
@@ -84,21 +122,22 @@ def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[i
     from moviola.video import save_video
 
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "manifest.jsonl", "w") as f:
-        for i, v in enumerate(video):
-            name = f"{i:05d}.{args.format}"
-            save_video(v, out_dir / name, fps=args.fps)
-            row = {"file": name, "seed": args.seed + i}
-            if labels is not None:
-                row["label"] = labels[i]
-                row.update(_label_caption(pipe, labels[i]))
-            if prompts is not None:
-                row["prompt"] = prompts[i]
-                row.update(_prompt_attributes(prompts[i]))
-            if args.image:
-                row["image"] = str(args.image)
-            f.write(json.dumps(row) + "\n")
+    with writing(out_dir, "--out-dir"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "manifest.jsonl", "w") as f:
+            for i, v in enumerate(video):
+                name = f"{i:05d}.{args.format}"
+                save_video(v, out_dir / name, fps=args.fps)
+                row = {"file": name, "seed": args.seed + i}
+                if labels is not None:
+                    row["label"] = labels[i]
+                    row.update(_label_caption(pipe, labels[i]))
+                if prompts is not None:
+                    row["prompt"] = prompts[i]
+                    row.update(_prompt_attributes(prompts[i]))
+                if args.image:
+                    row["image"] = str(args.image)
+                f.write(json.dumps(row) + "\n")
     print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
 
 
@@ -106,10 +145,11 @@ def _write_file(video, args: argparse.Namespace) -> None:
     """--out: one video as it is, several as a grid."""
     from moviola.video import save_video, save_video_grid
 
-    if len(video) == 1:
-        save_video(video[0], args.out, fps=args.fps)
-    else:
-        save_video_grid(video, args.out, fps=args.fps)
+    with writing(args.out, "--out"):
+        if len(video) == 1:
+            save_video(video[0], args.out, fps=args.fps)
+        else:
+            save_video_grid(video, args.out, fps=args.fps)
     print(f"wrote {args.out} ({len(video)} video{'s' if len(video) > 1 else ''}, "
           f"{video.shape[2]} frames of {video.shape[3]}×{video.shape[4]})")
 

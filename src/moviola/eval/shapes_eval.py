@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -38,14 +39,15 @@ def summarize(videos, targets: list) -> dict:
 
 def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int = 50, cfg: Optional[float] = None,
                         sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16,
-                        image_to_video: bool = False) -> dict:
+                        image_to_video: bool = False, progress: bool = False) -> dict:
     """Sample ``per_class`` videos of every class combination and score them (seed ``seed + i`` for video i).
 
     A class-conditional model gets the class labels, a text model the captions (``a red circle
     moving right``). ``image_to_video``: each video is also given the first frame of a test-split
     clip of its class (clip ``label + 48·j`` for its j-th video), and the result adds
     ``image_to_video``: how often colour and shape are kept, and the PSNR of the output's frame 0
-    against the given frame (on [0, 1]; identical frames count as 100 dB).
+    against the given frame (on [0, 1]; identical frames count as 100 dB). ``progress``: a bar over the
+    videos on stderr.
     """
     from moviola.pipelines.generate import load_pipeline
 
@@ -68,7 +70,8 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
                             seed=d.seed, bounce=d.bounce, cache=False)
         given = [test[y + NUM_CLASSES * j]["video"][:, 0] for y in range(NUM_CLASSES) for j in range(per_class)]
         kwargs["image"] = given
-    video = pipe(**kwargs, steps=steps, cfg=cfg, sampler=sampler, seed=seed, batch_size=batch_size)
+    video = _sample(pipe, kwargs, len(labels), dict(steps=steps, cfg=cfg, sampler=sampler),
+                    seed, batch_size, progress)
     result = summarize(list(video), labels)
     if given is not None:
         result["image_to_video"] = _image_to_video_scores(video, given, result["rows"])
@@ -76,6 +79,24 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
                           "image_to_video": image_to_video, "per_class": per_class, "steps": steps,
                           "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed}
     return result
+
+
+def _sample(pipe, per_video: dict, n: int, settings: dict, seed: int, batch_size: int, progress: bool):
+    """The n videos of one pipeline call, made one batch per call under a bar over the videos: video i keeps
+    the seed ``seed + i`` and its batch, so the videos are the same as one call's."""
+    import torch
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    videos = []
+    with tqdm(total=n, desc="eval shapes", unit="video", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for start in range(0, n, batch_size):
+            part = {k: v[start:start + batch_size] for k, v in per_video.items()}
+            videos.append(pipe(**part, **settings, seed=seed + start, batch_size=batch_size))
+            bar.update(len(videos[-1]))
+    return torch.cat(videos)
 
 
 def psnr(a, b) -> float:
@@ -91,17 +112,23 @@ def _image_to_video_scores(video, given: list, rows: list[dict]) -> dict:
             "first_frame_psnr_mean": sum(values) / len(values), "first_frame_psnr_min": min(values)}
 
 
-def evaluate_folder(folder: Union[str, Path]) -> dict:
+def evaluate_folder(folder: Union[str, Path], progress: bool = False) -> dict:
+    """Score the videos a folder's manifest.jsonl (or captions.jsonl) lists; ``progress``: a bar over them."""
+    from tqdm import tqdm
+
     from moviola.video import read_video
 
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder} is a file: give the folder that holds the videos and their manifest.jsonl "
+                         "(moviola sample --out-dir) or captions.jsonl (moviola data shapes)")
     listing = next((folder / n for n in ("manifest.jsonl", "captions.jsonl") if (folder / n).is_file()), None)
     if listing is None:
         raise FileNotFoundError(f"{folder} has no manifest.jsonl or captions.jsonl listing the videos and their labels")
     videos, targets = [], []
-    for line in listing.read_text().splitlines():
-        if not line.strip():
-            continue
+    lines = [line for line in listing.read_text().splitlines() if line.strip()]
+    for line in tqdm(lines, desc="eval shapes", unit="video", disable=not progress, file=sys.stderr,
+                     dynamic_ncols=True):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -28,6 +28,7 @@ import re
 import shutil
 import struct
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -237,10 +238,14 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint path, a run directory, or a run's checkpoints/."""
+    """A checkpoint directory from a checkpoint path, a run directory, or a run's checkpoints/.
+
+    A directory of another kind (an autoencoder, a diffusers model, a file) is refused by
+    :func:`check_kind`, with what it is and which command takes it."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path does not exist: {path}")
+    check_kind(path, ("diffusion", "autoencoder_run", "unknown"), "a moviola checkpoint or run directory")
     if all((path / f).is_file() for f in REQUIRED_FILES):
         return path
     for root in (path / "checkpoints", path):
@@ -252,6 +257,92 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path  # a shipped checkpoint: weights and config, no training state
     raise CheckpointError(f"no checkpoint in {path}: expected config.json + model.safetensors, "
                           "or a run directory with checkpoints/step_*")
+
+
+# ---- what a directory holds, told from its JSON alone: a command given the wrong kind says so ----
+
+AUTOENCODER_CLASSES = ("CausalVAE", "TemporalDecoderVAE", "AutoencoderKL")
+# each kind: what it is, and which commands take it ({name}: its class or autoencoder kind; {path}: the path)
+KINDS = {
+    "diffusion": ("a moviola diffusion checkpoint", "moviola sample, export and convert to-diffusers take it"),
+    "autoencoder_run": ("a train-vae run (an autoencoder: {name})", "moviola export {path} OUT writes it for "
+                        "autoencoder.path; moviola eval-vae {path} scores it"),
+    "autoencoder": ("an autoencoder ({name})", "use it as autoencoder.path in a config, or with moviola eval-vae"),
+    "diffusers_latte": ("a diffusers {name}", "convert it first: moviola convert diffusers-latte {path} OUT"),
+    "diffusers_pipeline": ("a diffusers pipeline ({name})", "convert its transformer first: moviola convert "
+                           "diffusers-latte {path} OUT"),
+    "diffusers": ("a diffusers {name}", "moviola reads diffusers AutoencoderKL and LatteTransformer3DModel "
+                  "directories only"),
+    "file": ("a file", "give a directory (config.json + weights), or a run directory"),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """``kind``: a key of :data:`KINDS` (``autoencoder_run``: a train-vae run or checkpoint, train.task
+    autoencoder; ``autoencoder``: a CausalVAE, TemporalDecoderVAE or AutoencoderKL directory; ...), or
+    ``missing`` / ``unknown``. ``name``: the class (``_class_name``), or the run's autoencoder.kind."""
+
+    kind: str
+    name: str = ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _trains_autoencoder(cfg: dict, ckpt: Path) -> bool:
+    """train.task of a saved moviola config; one saved before train.task existed implies it from its
+    autoencoder section (the rule of config.trains_autoencoder: a new autoencoder, or temporal layers)."""
+    train, ae = cfg.get("train"), cfg.get("autoencoder")
+    if isinstance(train, dict) and isinstance(train.get("task"), str):
+        return train["task"] == "autoencoder"
+    kind, path = (ae.get("kind", "identity"), ae.get("path")) if isinstance(ae, dict) else ("identity", None)
+    if kind == "temporal_decoder" and isinstance(path, str) and path:
+        meta = _read_json((ckpt / path if (ckpt / path).exists() else Path(path)) / "config.json")
+        return not (isinstance(meta, dict) and meta.get("_class_name") == "TemporalDecoderVAE")
+    return kind != "identity" and not path
+
+
+def checkpoint_kind(path: Union[str, Path]) -> CheckpointKind:
+    """What ``path`` holds, from its config.json (or model_index.json) alone; no weights are read."""
+    p = Path(path)
+    if p.is_file():
+        return CheckpointKind("file")
+    if not p.is_dir():
+        return CheckpointKind("missing")
+    raw = _read_json(p / "config.json")
+    if raw is None and (p / "model_index.json").is_file():
+        index = _read_json(p / "model_index.json")
+        return CheckpointKind("diffusers_pipeline", str(index.get("_class_name", "")) if isinstance(index, dict)
+                              else "model_index.json")
+    if isinstance(raw, dict) and "_class_name" in raw:
+        name = str(raw["_class_name"])
+        if name in AUTOENCODER_CLASSES:
+            return CheckpointKind("autoencoder", name)
+        return CheckpointKind("diffusers_latte" if name == "LatteTransformer3DModel" else "diffusers", name)
+    ckpts = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
+    ckpt = ckpts[-1] if ckpts else p
+    cfg = _read_json(ckpt / "config.json") if ckpts else raw
+    if not isinstance(cfg, dict) or not any(isinstance(cfg.get(k), dict) for k in ("model", "train", "data")):
+        return CheckpointKind("unknown")
+    if _trains_autoencoder(cfg, ckpt):
+        ae = cfg.get("autoencoder")
+        return CheckpointKind("autoencoder_run", str(ae.get("kind", "")) if isinstance(ae, dict) else "")
+    return CheckpointKind("diffusion")
+
+
+def check_kind(path: Union[str, Path], wanted: tuple[str, ...], role: str) -> CheckpointKind:
+    """The kind of ``path``; a :class:`CheckpointError` saying what it is and which command takes it
+    unless it is one of ``wanted`` (``missing`` and ``unknown`` pass: the caller's own checks explain them)."""
+    kind = checkpoint_kind(path)
+    if kind.kind in wanted or kind.kind in ("missing", "unknown"):
+        return kind
+    what, use = (text.format(name=kind.name or "?", path=path) for text in KINDS[kind.kind])
+    raise CheckpointError(f"{path} is {what}, not {role}: {use}")
 
 
 def load_weights(path: Path, name: str = "model") -> dict[str, torch.Tensor]:
@@ -378,9 +469,10 @@ def write_new_directory(out_dir: Union[str, Path], write: Callable[[Path], None]
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CheckpointError(f"{out_dir} already exists and is not an empty directory: choose a new output directory")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    made = [p for p in out_dir.parents if not p.exists()]  # parents this call creates, removed again on failure
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         write(tmp)
         for f in sorted(tmp.rglob("*"), reverse=True):  # files (and subdirectories) before their parents
             (_fsync_dir if f.is_dir() else _fsync_file)(f)
@@ -389,7 +481,19 @@ def write_new_directory(out_dir: Union[str, Path], write: Callable[[Path], None]
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
         _fsync_dir(out_dir.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in made:  # innermost first; only while empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        if isinstance(e, OSError) and str(out_dir) not in str(e):  # name what the user named, not the temporary
+            try:
+                error = type(e)(f"writing {out_dir} failed: {e.strerror or e}")
+            except Exception:  # noqa: BLE001 - an OSError subclass with other constructor arguments
+                error = OSError(f"writing {out_dir} failed: {e.strerror or e}")
+            error.errno = e.errno
+            raise error from e
         raise
     return out_dir

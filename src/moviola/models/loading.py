@@ -7,13 +7,17 @@ from typing import Optional, Union
 import torch
 
 from moviola.config import RunConfig, autoencoder_latent_channels, config_from_json
-from moviola.io.checkpoint import CheckpointError, check_state_dict, load_weights, resolve_checkpoint, weights_name
+from moviola.io.checkpoint import (STEP_DIR, CheckpointError, check_kind, check_state_dict, load_weights,
+                                   resolve_checkpoint, weights_name)
 from moviola.models.registry import build_model
 from moviola.utils import resolve_device
 
 
 def load_run_config(ckpt: Path) -> RunConfig:
-    """The config saved in a checkpoint directory."""
+    """The config saved in a diffusion checkpoint directory (another kind is refused, naming what it is)."""
+    ckpt = Path(ckpt)
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" and STEP_DIR.match(ckpt.name) else ckpt
+    check_kind(run, ("diffusion",), "a diffusion model")
     try:
         return config_from_json(ckpt / "config.json")
     except FileNotFoundError:
