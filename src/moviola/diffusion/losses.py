@@ -12,11 +12,13 @@ use the decoder NLL instead of the KL.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
 import torch
 
+from moviola.conditioning import Conditioning
 from moviola.diffusion.schedule import PREDICTIONS, NoiseSchedule, broadcast_timesteps, randn_like
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -66,6 +68,21 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: str, ga
     return snr.clamp(max=gamma)
 
 
+def _with_estimate(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, use: torch.Tensor,
+                   prediction: str, learned_sigma: bool):
+    """``cond`` with ``self_cond``: the model's own x0 estimate (from a zero estimate, no gradient) where
+    ``use`` (B,) is True, zeros elsewhere."""
+    cond = Conditioning() if cond is None else cond
+    zeros = torch.zeros_like(x_t)
+    if bool(use.any()):
+        with torch.no_grad():
+            first = model(x_t, schedule.model_timesteps(t), dataclasses.replace(cond, self_cond=zeros))
+            est = schedule.to_x0(first[:, :x_t.shape[1]].to(x_t.dtype), prediction, x_t, t)  # (B, C, T, H, W)
+        keep = use.to(x_t.device).view(-1, *([1] * (x_t.dim() - 1)))
+        zeros = torch.where(keep, est.to(x_t.dtype), zeros).detach()
+    return dataclasses.replace(cond, self_cond=zeros)
+
+
 def training_losses(
     model,
     schedule: NoiseSchedule,
@@ -77,6 +94,7 @@ def training_losses(
     noise: Optional[torch.Tensor] = None,
     loss_weighting: str = "none",
     min_snr_gamma: float = 5.0,
+    self_cond: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """Per-example diffusion losses for ``model(x_t, t, cond)``.
 
@@ -87,6 +105,10 @@ def training_losses(
         prediction: what the mean channels predict, ``"eps" | "v" | "x0"``.
         learned_sigma: the model returns 2C channels, and the IDDPM hybrid loss ``mse + vb`` is used.
         loss_weighting: ``"none"`` or ``"min_snr"`` (Min-SNR-gamma, applied per frame to the MSE term only).
+        self_cond: self-conditioning (Chen et al. 2022, "Analog Bits"; W.A.L.T): a (B,) bool tensor, True for
+            the examples trained on their own estimate. The model first predicts x0 with a zero estimate
+            (no gradient); those examples are then trained given ``stopgrad(x̃0)`` in ``cond.self_cond``, the
+            others given zeros, exactly as the first pass and as sampling's first step see it.
 
     Returns a dict with:
         ``loss`` (B,), the value to average and backpropagate;
@@ -103,6 +125,8 @@ def training_losses(
         noise = randn_like(x0)
     t = t.to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)
+    if self_cond is not None:
+        cond = _with_estimate(model, schedule, x_t, t, cond, self_cond, prediction, learned_sigma)
     out = model(x_t, schedule.model_timesteps(t), cond)
 
     C = x0.shape[1]

@@ -247,7 +247,9 @@ class Pipeline:
         cond = conds.cond.to(self.device) if conds.guided else Conditioning()
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
         learned_sigma = getattr(self.model, "learned_sigma", False)
-        fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma)
+        # a self-conditioned model gets each step the previous step's x0 estimate (zeros first, as trained)
+        fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma,
+                             self_condition="self_cond" in self.accepts)
         return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
                       prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
                       timestep_spacing=c.diffusion.timestep_spacing, generator=list(generators),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -62,9 +62,20 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
             *([f"init-from: not used from the file: {unused[:10]}"] if unused else [])]
 
 
+# the conditions DiffusionTask draws for a training batch (ConditionsConfig.wanted() names)
+BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond")
+
+
 def _widens_inputs(old: torch.Size, new: torch.Size) -> bool:
     """Same shape except more input channels (dim 1) in the new weight."""
     return (len(old) == len(new) >= 2 and old[0] == new[0] and old[2:] == new[2:] and new[1] > old[1])
+
+
+class Draws(NamedTuple):
+    """A step's per-example random choices beyond the conditions themselves."""
+
+    labels_kept: torch.Tensor  # (B,) bool: the label was not dropped for guidance
+    self_cond: Optional[torch.Tensor]  # (B,) bool: trained on its own x0 estimate (conditions.self_cond), or None
 
 
 class DiffusionTask(Task):
@@ -72,6 +83,11 @@ class DiffusionTask(Task):
 
     def check(self) -> None:
         cfg = self.cfg
+        missing = [name for name in cfg.conditions.wanted() if name not in BUILT_CONDITIONS]
+        if missing:
+            raise ConfigError(f"training cannot build the condition(s) {missing} from its data yet (conditions.*): "
+                              f"it builds {', '.join(BUILT_CONDITIONS)}; the model takes them through "
+                              "moviola.Conditioning in your own loop")
         if cfg.autoencoder.kind != "identity" and cfg.autoencoder.path is None:
             raise ConfigError(f"autoencoder.kind={cfg.autoencoder.kind} without autoencoder.path is a new, untrained "
                               "autoencoder: train one first (moviola train-vae) and set autoencoder.path to its export")
@@ -120,8 +136,8 @@ class DiffusionTask(Task):
 
     # ---------------------------------------------------------------- one step
     def make_batch(self, step: int, batch: Optional[dict] = None
-                   ) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step ``step``'s inputs: latents, conditions, timesteps, noise and which labels were kept.
+                   ) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor, "Draws"]:
+        """Step ``step``'s inputs: latents, conditions, timesteps, noise and the per-example draws.
         ``batch`` is the step's collated items (read here when None)."""
         if batch is None:
             batch = self.read_batch(step)
@@ -131,7 +147,9 @@ class DiffusionTask(Task):
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
         cond, keep = self._conditions(g, x0, labels, batch["caption"], frames)
-        return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), keep
+        rate = self.cfg.conditions.self_cond  # drawn last, so runs without self-conditioning keep their batches
+        use = (torch.rand(B, generator=g) < rate).to(self.device) if rate > 0 else None
+        return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), Draws(keep, use)
 
     def _latents(self, step: int, batch: dict) -> tuple[torch.Tensor, Optional[torch.Tensor], int]:
         """The batch's latents (B, c, T(+n), h, w), its labels ((B,) or (B, T+n)) and its video's latent frames T."""
@@ -177,7 +195,7 @@ class DiffusionTask(Task):
 
     def step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
         cfg = self.cfg
-        x0, cond, t, noise, _ = self.make_batch(step, batch)
+        x0, cond, t, noise, draws = self.make_batch(step, batch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         self.model.train()
@@ -188,7 +206,8 @@ class DiffusionTask(Task):
             terms = training_losses(model, self.schedule, x0, t, cond, prediction=cfg.diffusion.prediction,
                                     learned_sigma=self.raw_model.learned_sigma, noise=noise,
                                     loss_weighting=cfg.diffusion.loss_weighting,
-                                    min_snr_gamma=cfg.diffusion.min_snr_gamma)
+                                    min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                                    self_cond=draws.self_cond)
         loss = terms["loss"].float().mean()
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
