@@ -37,6 +37,9 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     A weight that gained input channels (the patch embedding of a model that adds context-frame
     channels to a model trained without them) gets the old weights in its first channels and
     zeros in the new ones, so the new inputs start with no influence (as SD's inpainting models).
+    A weight that lost input channels (a model without context frames started from one with them)
+    keeps the first ones: x_t comes first in every family's input, so the new model starts as the
+    old one did when it was given no frame (zeros in the dropped channels).
     """
     ckpt = resolve_checkpoint(path)
     name = weights_name(ckpt, "ema")
@@ -44,6 +47,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     own = model.state_dict()
     loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     widened = {k: v for k, v in sd.items() if k in own and k not in loaded and _widens_inputs(v.shape, own[k].shape)}
+    narrowed = {k: v for k, v in sd.items() if k in own and k not in loaded and _widens_inputs(own[k].shape, v.shape)}
     if not loaded:
         raise CheckpointError(f"--init-from {ckpt}: no weight fits this model (different architecture?)")
     with torch.no_grad():
@@ -52,11 +56,14 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
         for k, v in widened.items():
             own[k].zero_()
             own[k][:, :v.shape[1]].copy_(v.to(own[k].dtype))
-    done = set(loaded) | set(widened)
+        for k, v in narrowed.items():
+            own[k].copy_(v[:, :own[k].shape[1]].to(own[k].dtype))
+    done = set(loaded) | set(widened) | set(narrowed)
     left = sorted(set(own) - done)
     unused = sorted(set(sd) - done)
     return [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors",
             *([f"init-from: widened (new input channels zero): {sorted(widened)}"] if widened else []),
+            *([f"init-from: narrowed (the first input channels kept): {sorted(narrowed)}"] if narrowed else []),
             f"init-from: left at initialization: {left[:10]}{'…' if len(left) > 10 else ''}" if left else
             "init-from: every tensor loaded",
             *([f"init-from: not used from the file: {unused[:10]}"] if unused else [])]
