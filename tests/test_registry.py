@@ -4,6 +4,8 @@ a checkpoint directory."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
 
 import pytest
 import torch
@@ -29,7 +31,7 @@ def test_every_family_has_a_config_class_and_a_model_class():
     for family, (config_class, model_class) in FAMILIES.items():
         assert MODEL_CONFIGS[family] is config_class
         assert config_class().family == family == model_class.family
-        assert isinstance(model_class.from_config, type(Denoiser.from_config)) or callable(model_class.from_config)
+        assert isinstance(inspect.getattr_static(model_class, "from_config"), classmethod)
 
 
 def tiny_run(family: str, *extra: str):
@@ -114,3 +116,10 @@ def test_a_stage_freezes_the_rest_of_the_model_in_training(tmp_path):
     after = trainer.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("temporal_blocks.") for k in changed), sorted(changed)[:5]
+
+
+def test_stage_names_are_spelled_once():
+    """config/ sits below models/, so TrainConfig's Literal cannot import STAGES: it must list the same names."""
+    from moviola.config import TrainConfig
+
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["stage"]) == STAGES

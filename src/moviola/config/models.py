@@ -1,7 +1,7 @@
 """The ``model:`` section: one frozen dataclass per family, chosen by ``model.family``.
 
 Each family's config holds its own switches and named sizes, validates them against the run
-(``validate(run)``), says which conditions the family can take (``conditions``), and migrates the
+(``validate(run)``), says which conditions the family can take (``takes``), and migrates the
 keys of configs saved before a rename (``migrate``). A key of another family is an error that
 names both: "'window_size' is not a latte key (it is a walt key)".
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional
 
 from moviola.config.autoencoder import autoencoder_spatial_factor, latent_frames
-from moviola.config.base import ConfigError, check_ranges, from_dict
+from moviola.config.base import ConfigError, from_dict
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class LatteConfig:
     text_pooled: bool = False
     spatial_heads: Optional[int] = None  # layout factorized_heads: heads given to space (null = half)
 
-    conditions: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames"})
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames"})
     joint_images: ClassVar[bool] = True  # image-video joint training (data.use_image_num)
     RANGES: ClassVar[tuple] = (("model.patch_size", 1, None), ("model.hidden_size", 1, None),
                                ("model.depth", 1, None), ("model.num_heads", 1, None),
@@ -193,7 +193,7 @@ class WaltConfig:
     text_in_stw: bool = False  # also attend to the text in the STW layers (the paper's video-only setting)
     text_pooled: bool = False  # also add the mask-mean of the text tokens to the conditioning vector
 
-    conditions: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level",
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level",
                                                  "self_cond"})
     joint_images: ClassVar[bool] = True  # image frames (num_images) get SW attention and an identity STW
     RANGES: ClassVar[tuple] = (("model.patch_size", 1, 64), ("model.hidden_size", 1, None),
@@ -324,7 +324,3 @@ def model_config_from_dict(value: Any, key: str = "model") -> Any:
         return f": it is not a {family} key{hint}"
 
     return from_dict(MODEL_CONFIGS[family], value, prefix=f"{key}.", unknown_hint=other_family)
-
-
-def check_model_ranges(values: dict[str, Any], model: Any) -> None:
-    check_ranges(values, getattr(model, "RANGES", ()))

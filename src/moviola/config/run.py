@@ -211,7 +211,7 @@ class RunConfig:
             raise ConfigError(f"conditions.text_channels must be positive or null (got {c.text_channels})")
         if self.train.task != "diffusion":
             return
-        family, takes = self.model.family, self.model.conditions
+        family, takes = self.model.family, self.model.takes
         missing = [name for name in c.wanted() if name not in takes]
         if missing:
             raise ConfigError(f"the {family} family does not take the condition(s) {missing} (conditions.*); "

@@ -17,12 +17,6 @@ FAMILIES: dict[str, tuple[type, type]] = {
 }
 
 
-def model_class(family: str) -> type:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[family][1]
-
-
 def build_model(model_cfg, conditions: ConditionsConfig, in_channels: int) -> nn.Module:
     """The denoiser a ``model:`` section describes, for the run's conditions and latents with
     ``in_channels`` channels."""

@@ -125,9 +125,9 @@ class Latte(nn.Module):
         if cfg.layout != self.layout:
             raise ValueError(f"{type(self).__name__} is layout {self.layout!r}, the config says {cfg.layout!r}: "
                              "build it with Latte.from_config")
-        unsupported = [n for n in conditions.wanted() if n not in cfg.conditions]
+        unsupported = [n for n in conditions.wanted() if n not in cfg.takes]
         if unsupported:
-            raise ValueError(f"Latte does not take the condition(s) {unsupported}; it takes {sorted(cfg.conditions)}")
+            raise ValueError(f"Latte does not take the condition(s) {unsupported}; it takes {sorted(cfg.takes)}")
         dims = cfg.dims()
         for name, value, options in (("patch_embed", cfg.patch_embed, ("frame", "tubelet")),
                                      ("injection", cfg.injection, ("adaln", "adaln_single", "tokens")),

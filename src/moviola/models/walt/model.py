@@ -45,9 +45,9 @@ class Walt(nn.Module):
 
     def __init__(self, cfg: WaltConfig, conditions: ConditionsConfig = ConditionsConfig(), in_channels: int = 4):
         super().__init__()
-        unsupported = [n for n in conditions.wanted() if n not in cfg.conditions]
+        unsupported = [n for n in conditions.wanted() if n not in cfg.takes]
         if unsupported:
-            raise ValueError(f"W.A.L.T does not take the condition(s) {unsupported}; it takes {sorted(cfg.conditions)}")
+            raise ValueError(f"W.A.L.T does not take the condition(s) {unsupported}; it takes {sorted(cfg.takes)}")
         dims = cfg.dims()
         self.token_grid = cfg.token_grid()  # (t, h, w) of the learned tables; raises when pos_grid is unset
         windows = cfg.train_windows()
@@ -95,10 +95,10 @@ class Walt(nn.Module):
             return "adaln"
         return AdaLNLoRA(self.config.adaln_lora_rank)
 
-    @staticmethod
-    def from_config(cfg: WaltConfig, conditions: ConditionsConfig, in_channels: int) -> "Walt":
+    @classmethod
+    def from_config(cls, cfg: WaltConfig, conditions: ConditionsConfig, in_channels: int) -> "Walt":
         """The denoiser protocol's constructor (models/base.py)."""
-        return Walt(cfg, conditions, in_channels)
+        return cls(cfg, conditions, in_channels)
 
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
         """``all``; ``temporal``: the spatiotemporal-window layers (all their weights); ``spatial``: the rest."""
