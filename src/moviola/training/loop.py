@@ -128,8 +128,7 @@ def _set_rng_states(states: dict) -> None:
 class RunLoop:
     """Runs a task (``task_class``, set by a subclass: ``Trainer``, ``VAETrainer``) in a run directory.
 
-    The task's own attributes (``model``, ``ema``, ``make_batch``, ...) read through the loop, so
-    ``trainer.model`` is the task's model.
+    ``trainer.model``, ``.ema``, ``.optimizer``, ``.text``, ``.make_batch`` and ``.judge`` are the task's.
     """
 
     task_class: type[Task] = Task
@@ -226,12 +225,28 @@ class RunLoop:
         self._probe_named = dict(getattr(self.dataset, "skipped_files", None) or {})  # file -> reason, if known
         self.data_bad: dict[str, str] = {}  # items found unusable while reading: file -> reason
 
-    def __getattr__(self, name: str):
-        # only for names the loop does not have: the task's model, ema, make_batch, text, ...
-        task = self.__dict__.get("task")
-        if task is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(task, name)
+    # the task's parts, for scripts and tests that hold a trainer (the loop itself goes through self.task)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.task.model
+
+    @property
+    def ema(self):
+        return self.task.ema
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.task.optimizer
+
+    @property
+    def text(self):
+        return self.task.text
+
+    def make_batch(self, step: int, batch: Optional[dict] = None):
+        return self.task.make_batch(step, batch)
+
+    def judge(self, *args, **kwargs) -> dict:
+        return self.task.judge(*args, **kwargs)
 
     # ---------------------------------------------------------------- checkpoints
     def _load(self, path: Path) -> None:

@@ -205,6 +205,15 @@ class VAETrainer(RunLoop):
 
     task_class = AutoencoderTask
 
+    @property
+    def disc(self):
+        """The 3-D patch discriminator (None without an adversarial loss)."""
+        return self.task.disc
+
+    @property
+    def lecam(self):
+        return self.task.lecam
+
 
 @torch.no_grad()
 def export_autoencoder(run: "str | Path", out: "str | Path", weights: str = "ema") -> Path:
