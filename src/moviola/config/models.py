@@ -26,6 +26,19 @@ class ModelDims:
     mlp_ratio: float
 
 
+def named_dims(cfg, sizes: dict[str, dict]) -> ModelDims:
+    """A family config's named size (``cfg.size`` in ``sizes``), overridden by the fields it sets; heads
+    must divide the width."""
+    if cfg.size not in sizes:
+        raise ConfigError(f"model.size {cfg.size!r} is not one of {list(sizes)}")
+    base = sizes[cfg.size]
+    dims = ModelDims(hidden_size=cfg.hidden_size or base["hidden_size"], depth=cfg.depth or base["depth"],
+                     num_heads=cfg.num_heads or base["num_heads"], mlp_ratio=cfg.mlp_ratio or base["mlp_ratio"])
+    if dims.hidden_size % dims.num_heads:
+        raise ConfigError(f"model.hidden_size={dims.hidden_size} is not divisible by model.num_heads={dims.num_heads}")
+    return dims
+
+
 # Latte's sizes (paper Table / official registry). ``depth`` counts all blocks, spatial and
 # temporal together, as the official code does: XL has 14 spatial + 14 temporal blocks.
 LATTE_SIZES: dict[str, dict] = {
@@ -93,16 +106,9 @@ class LatteConfig:
 
     def dims(self) -> ModelDims:
         """Width, depth, heads and MLP ratio: the named size, overridden by the fields that are set."""
-        if self.size not in LATTE_SIZES:
-            raise ConfigError(f"model.size {self.size!r} is not one of {list(LATTE_SIZES)}")
         if self.patch_size not in LATTE_PATCH_SIZES:
             raise ConfigError(f"model.patch_size must be one of {LATTE_PATCH_SIZES}, got {self.patch_size}")
-        base = LATTE_SIZES[self.size]
-        dims = ModelDims(hidden_size=self.hidden_size or base["hidden_size"], depth=self.depth or base["depth"],
-                         num_heads=self.num_heads or base["num_heads"], mlp_ratio=self.mlp_ratio or base["mlp_ratio"])
-        if dims.hidden_size % dims.num_heads:
-            raise ConfigError(f"model.hidden_size={dims.hidden_size} is not divisible by "
-                              f"model.num_heads={dims.num_heads}")
+        dims = named_dims(self, LATTE_SIZES)
         if dims.hidden_size % 4:
             raise ConfigError(f"model.hidden_size={dims.hidden_size} must be a multiple of 4 "
                               "(2-D sin-cos position embedding)")
@@ -209,14 +215,7 @@ class WaltConfig:
 
     def dims(self) -> ModelDims:
         """Width, depth, heads and MLP ratio: the named size, overridden by the fields that are set."""
-        if self.size not in WALT_SIZES:
-            raise ConfigError(f"model.size {self.size!r} is not one of {list(WALT_SIZES)}")
-        base = WALT_SIZES[self.size]
-        dims = ModelDims(hidden_size=self.hidden_size or base["hidden_size"], depth=self.depth or base["depth"],
-                         num_heads=self.num_heads or base["num_heads"], mlp_ratio=self.mlp_ratio or base["mlp_ratio"])
-        if dims.hidden_size % dims.num_heads:
-            raise ConfigError(f"model.hidden_size={dims.hidden_size} is not divisible by "
-                              f"model.num_heads={dims.num_heads}")
+        dims = named_dims(self, WALT_SIZES)
         if dims.depth <= 0 or dims.depth % 2:
             raise ConfigError(f"model.depth={dims.depth} must be even and positive: W.A.L.T's layers alternate "
                               "spatial-window and spatiotemporal-window attention")

@@ -36,6 +36,7 @@ from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig, LatteConfig
 from moviola.models.latte.blocks import FactorizedAttentionBlock, FactorizedHeadsBlock
 from moviola.nn import CrossAttention, LabelEmbedder, Mlp, TimestepEmbedder, rope_1d, sincos_2d, sincos_temporal
+from moviola.nn.init import dit_init
 from moviola.nn.inputs import masked_mean, text_tokens, with_context
 from moviola.nn.patch import PatchEmbed, TubeletEmbed, unpatchify
 from moviola.nn.transformer import FinalLayer, ModulatedBlock, TransformerBlock
@@ -217,14 +218,7 @@ class Latte(nn.Module):
     # ------------------------------------------------------------------ initialization
     def initialize_weights(self) -> None:
         """DiT's initialization; the zeroed adaLN and output layers make each block start as identity."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear on flattened patches
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        dit_init(self, self.x_embedder.proj)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:

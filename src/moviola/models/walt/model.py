@@ -31,6 +31,7 @@ from moviola.models.walt.blocks import Text, WaltBlock
 from moviola.nn import (AdaLNLoRA, AdaLNLoRAShared, ConcatKVAttention, CrossAttention, DepthToSpaceUpsample,
                         LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, masked_mean, resize_relative_table,
                         resize_table, self_cond_input, text_tokens, unpatchify, with_context)
+from moviola.nn.init import dit_init
 from moviola.nn.transformer import FinalLayer, ModulatedBlock
 
 
@@ -112,14 +113,7 @@ class Walt(nn.Module):
     # ------------------------------------------------------------------ initialization
     def initialize_weights(self) -> None:
         """DiT's initialization; zero adaLN, output and text projections make the untrained model output zero."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear on flattened patches
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        dit_init(self, self.x_embedder.proj)
         nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)  # learnable absolute positions (ViT)
         nn.init.trunc_normal_(self.pos_embed_temporal, std=0.02)
         for embedder in (self.t_embedder, self.noise_embedder):
