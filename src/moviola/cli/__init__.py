@@ -4,7 +4,10 @@ Every user error (bad config key or type, impossible shape, missing file, a bad 
 as one line ``moviola: error: ...`` on stderr and exit code 2, never a traceback, and ``train``
 leaves no run directory behind. Exit codes: 0 done, 1 a run that stopped on a fault (diverged,
 checkpoints not writable, another OS error), 2 a user error, 130 / 143 stopped by SIGINT / SIGTERM
-after writing a checkpoint (resume with ``--resume``).
+after writing a checkpoint (resume with ``--resume``), 141 (128 + SIGPIPE) when the reader of the
+output went away (``moviola eval-vae ... | head``): the command ends quietly, with the code a shell
+reports for a Unix tool stopped by a closed pipe, so ``set -o pipefail`` still sees that the output
+was cut short.
 
 One module per command group builds its subcommands and runs them: ``train`` (train, train-vae,
 export, study), ``sample``, ``data``, ``evaluate`` (eval *, eval-vae), ``convert``; this module
@@ -45,6 +48,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     tqdm.write(f"moviola: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (poll reports an error on its write end); True where
+    that cannot be told (no poll, no file descriptor)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def _quiet_exit() -> int:
+    """End after a closed stdout: point it at /dev/null, so the flush at exit cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import warnings
 
@@ -52,7 +80,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as an "Exception ignored" at interpreter exit
+        return code
+    except BrokenPipeError as e:
+        if _stdout_closed():
+            return _quiet_exit()
+        print(f"moviola: error: {e}", file=sys.stderr)  # another pipe (a subprocess's): a fault like OSError's
+        return 1
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"moviola: error: {one_line(msg)}", file=sys.stderr)

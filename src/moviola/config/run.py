@@ -63,8 +63,11 @@ class DataConfig:
     size: int = 32
     frames: int = 16
     frame_stride: int = 1
+    # where a folder's clip starts in its file: frame 0, or a start drawn once per file from (seed, index),
+    # the same in every epoch and run (data/folders.py)
+    clip_start: Literal["first", "random"] = "first"
     count: int = 4800  # clips in the (procedural) training set
-    seed: int = 0
+    seed: int = 0  # Moving Shapes: the clips; a folder with clip_start=random: where each clip starts
     bounce: bool = False
     num_workers: int = 0
     use_image_num: int = 0  # image-video joint training: single frames of other clips after each video

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 def build_dataset(cfg, split: str = "train"):
     """The dataset a ``data:`` section (DataConfig) describes."""
+    if cfg.clip_start != "first" and cfg.dataset != "folder":
+        from moviola.config import ConfigError
+
+        raise ConfigError(f"data.clip_start={cfg.clip_start} picks where a clip starts in a video file: it applies to "
+                          f"data.dataset=folder, not {cfg.dataset} (leave it at first)")
     if cfg.dataset == "shapes":
         from moviola.data.shapes import MovingShapes
 
@@ -15,7 +20,8 @@ def build_dataset(cfg, split: str = "train"):
         return ImageFolder(cfg.root, size=cfg.size)
     from moviola.data.folders import VideoFolder
 
-    return VideoFolder(cfg.root, frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size)
+    return VideoFolder(cfg.root, frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size,
+                       random_offset=cfg.clip_start == "random", offset_seed=cfg.seed)
 
 
 def known_classes(cfg) -> "tuple[str, int] | None":

@@ -21,6 +21,16 @@ file bad and returns the next usable item instead. Lazy counts live in the proce
 the item (each DataLoader worker has its own); ``bad_items`` (file -> reason) lists what this
 process found lazily, so a trainer can merge what its workers found (see training/trainer.py).
 A folder with no usable file is a ValueError, at init or when the last usable file turns out bad.
+``mark_bad`` takes what another reader found (a latent cache keeps what its encoding skipped).
+
+Caption records are read as they are; ``check_captions`` (called by the run loop with the run's
+conditions, before any compute) refuses a label that is not a class of the model or a caption
+that is not a string, naming the caption file's line.
+
+A clip starts at frame 0 of its file. With ``random_offset`` it starts at a random frame: drawn
+from torch's global RNG at each read, or, given ``offset_seed``, once per file as a pure function
+of ``(offset_seed, index)`` (``data.clip_start: random``), so every epoch, resumed run, DataLoader
+worker and latent cache reads the same clip of a file.
 """
 
 from __future__ import annotations
@@ -52,6 +62,24 @@ class _Unreadable(Exception):
     pass
 
 
+def _record_problem(record: dict, num_classes: int, text: bool) -> Optional[str]:
+    """What makes one caption record unusable for a run with ``num_classes`` classes (and text), or None."""
+    label = record.get("label")
+    if num_classes and label is not None:
+        takes = (f"conditions.num_classes={num_classes} takes an integer 0..{num_classes - 1}, "
+                 "or -1 (or no label) for none")
+        fix = "fix the label, or set conditions.num_classes to the number of classes in the file"
+        if not isinstance(label, int) or isinstance(label, bool):
+            return f"label {json.dumps(label)} is not an integer: {takes}; {fix}"
+        if not -1 <= label < num_classes:
+            return f"label {label} is not a class of this run: {takes}; {fix}"
+    caption = record.get("caption")
+    if text and caption is not None and not isinstance(caption, str):
+        return (f"caption {json.dumps(caption)[:60]} is not a string: a text-conditioned run learns from a "
+                "string (no caption, or \"\", trains with the empty prompt); write it as one")
+    return None
+
+
 class _MediaFolder(Dataset):
     """What video and image folders share: captions, skip counting, and the skip-to-next-item loop."""
 
@@ -60,6 +88,8 @@ class _MediaFolder(Dataset):
     skipped: Counter
     skipped_files: dict[str, str]  # files skipped at init: relative path -> reason (the run loop names them)
     captions: dict[str, dict]
+    captions_path: Optional[Path] = None  # the caption file read, if one was
+    caption_lines: dict[str, int]  # file -> the line of captions.jsonl its record is on (1-based)
     _bad: dict[int, str]
     kind = "file"
 
@@ -68,12 +98,14 @@ class _MediaFolder(Dataset):
                       if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
 
     def _load_captions(self, captions: Optional[Union[str, Path]]) -> dict[str, dict]:
+        self.caption_lines = {}
         if captions is None:
             return {}
         path = Path(captions)
         path = path if path.is_absolute() else self.root / path
         if not path.exists() and not path.is_symlink():
             return {}
+        self.captions_path = path
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as e:  # a directory, a dangling link, no permission: go on without captions
@@ -82,7 +114,7 @@ class _MediaFolder(Dataset):
                           "using the folder without captions", stacklevel=3)
             return {}
         table: dict[str, dict] = {}
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -93,8 +125,23 @@ class _MediaFolder(Dataset):
             if not isinstance(record, dict) or not isinstance(record.get("file"), str):
                 self.skipped["bad_caption_line"] += 1
                 continue
-            table[str(PurePosixPath(record["file"]))] = record
+            name = str(PurePosixPath(record["file"]))
+            table[name] = record
+            self.caption_lines[name] = number
         return table
+
+    def check_captions(self, num_classes: int = 0, text: bool = False) -> None:
+        """Refuse caption records a run cannot use, before any compute (the run loop calls this with its
+        ``conditions``): with ``num_classes`` > 0, a ``label`` that is not an int in ``0 .. num_classes-1``
+        or -1 (no class; a missing or null label is -1 too); with ``text``, a ``caption`` that is not a
+        string. A ValueError naming the caption file, the first bad line and its file, and what to do."""
+        bad = [(line, name, problem) for name, line in sorted(self.caption_lines.items(), key=lambda kv: kv[1])
+               if (problem := _record_problem(self.captions[name], num_classes, text))]
+        if not bad:
+            return
+        line, name, problem = bad[0]
+        more = f" (and {len(bad) - 1} more lines like it)" if len(bad) > 1 else ""
+        raise ValueError(f"{self.captions_path} line {line} (file {name!r}): {problem}{more}")
 
     def _skip(self, path: Path, reason: str) -> None:
         """Count a file found unusable at init, and remember its name."""
@@ -108,6 +155,16 @@ class _MediaFolder(Dataset):
     def bad_items(self) -> dict[str, str]:
         """Files this process found unusable while reading (not at init): relative path -> reason."""
         return {self.files[i].relative_to(self.root).as_posix(): why for i, why in self._bad.items()}
+
+    def mark_bad(self, items: dict[str, str]) -> None:
+        """Take files found unusable when read elsewhere (relative path -> reason; a latent cache keeps what
+        its encoding found) as if read here: skipped, counted and in :attr:`bad_items`."""
+        index = {f.relative_to(self.root).as_posix(): i for i, f in enumerate(self.files)}
+        for name, reason in items.items():
+            i = index.get(name)
+            if i is not None and i not in self._bad:
+                self.skipped[reason] += 1
+                self._bad[i] = reason
 
     def _read(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -181,6 +238,7 @@ class VideoFolder(_MediaFolder):
         captions: Optional[Union[str, Path]] = "captions.jsonl",
         random_offset: bool = False,
         probe: bool = True,
+        offset_seed: Optional[int] = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -192,6 +250,7 @@ class VideoFolder(_MediaFolder):
         self.frames, self.stride, self.size = frames, stride, to_hw(size)
         self.span = (frames - 1) * stride + 1  # source frames one clip covers
         self.random_offset = bool(random_offset)
+        self.offset_seed = offset_seed
         self.skipped: Counter[str] = Counter()
         self.skipped_files: dict[str, str] = {}
         self.captions = self._load_captions(captions)
@@ -222,24 +281,30 @@ class VideoFolder(_MediaFolder):
             )
         self._bad: dict[int, str] = {}  # index -> reason, found while reading
 
-    def _offset(self, length: int) -> int:
+    def _offset(self, i: int, length: int) -> int:
+        """The first frame of file ``i``'s clip, in a file of ``length`` frames."""
         if not self.random_offset or length <= self.span:
             return 0
+        if self.offset_seed is not None:  # a pure function of (offset_seed, i): every epoch, run and worker agree
+            return int(np.random.default_rng([self.offset_seed, i]).integers(0, length - self.span + 1))
         # torch's RNG: seeded by torch.manual_seed and distinct per DataLoader worker
         return int(torch.randint(0, length - self.span + 1, ()).item())
 
     def _read(self, i: int) -> np.ndarray:
         path, length = self.files[i], self._lengths[i]
-        if self.random_offset and length is None:
-            every = read_video(path)  # length unknown: decode all once, then pick the window
-            if len(every) < self.span:
+        if not (self.random_offset and length is None):
+            start = self._offset(i, length or 0)
+            clip = read_video(path, stride=self.stride, max_frames=self.frames, start=start)
+            if len(clip) == self.frames:
+                return clip
+            if start == 0:
                 raise _TooShort
-            start = self._offset(len(every))
-            return every[start : start + self.span : self.stride]
-        clip = read_video(path, stride=self.stride, max_frames=self.frames, start=self._offset(length or 0))
-        if len(clip) < self.frames:
+            # the header counted more frames than decode: pick the window in the frames there are
+        every = read_video(path)  # length unknown: decode all once, then pick the window
+        if len(every) < self.span:
             raise _TooShort
-        return clip
+        start = self._offset(i, len(every))
+        return every[start : start + self.span : self.stride]
 
 
 class ImageFolder(_MediaFolder):

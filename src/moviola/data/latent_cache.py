@@ -8,8 +8,14 @@ to ``<cache>/latents/<key>/<i>.safetensors`` (atomically); later epochs and late
 The key hashes the autoencoder's weights and normalization (its state dict and scale/shift), the
 data config (dataset, root, size, frames, stride, seed, count, bounce) and, for a folder, each
 file's name, size and modification time (an edited file is a different key) and the caption
-file's entries (captions and labels are stored with the latents). Items are deterministic (no random offset, no
-sampling), which the trainer's exact-resume contract needs anyway.
+file's entries (captions and labels are stored with the latents). Items are deterministic (a folder's clip
+starts at frame 0, or with ``data.clip_start: random`` at a start drawn from ``(data.seed, index)``: the
+same in every epoch and run), which the trainer's exact-resume contract needs anyway.
+
+A file found unusable only when read (a webm too short for a clip) is read once, while the cache is
+filled: item ``i`` then holds the next usable item, as ``dataset[i]`` would. What the filling found
+is kept beside the latents (``skipped.json``, file -> reason) and given back to the wrapped dataset
+when a later run opens the cache (``mark_bad``), so every run counts and names it, and counts it once.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ def autoencoder_fingerprint(ae: torch.nn.Module) -> str:
 
 def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
     keep = {k: data_cfg.get(k) for k in ("dataset", "root", "size", "frames", "frame_stride", "seed", "count", "bounce")}
+    if data_cfg.get("clip_start", "first") != "first":  # (not in the key by default: old caches stay valid)
+        keep["clip_start"] = data_cfg["clip_start"]
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     for f in getattr(dataset, "files", []):  # a folder: names, sizes and modification times of its files
         st = Path(f).stat()
@@ -54,6 +62,9 @@ class LatentCache(Dataset):
         key = hashlib.sha256((autoencoder_fingerprint(autoencoder) + dataset_fingerprint(data_cfg, dataset)).encode())
         self.dir = Path(cache_dir or default_cache_dir()) / "latents" / key.hexdigest()[:32]
         self.encoded = 0  # items this process encoded (the rest came from disk)
+        self._recorded: dict[str, str] = self._read_skipped()
+        if self._recorded and hasattr(dataset, "mark_bad"):
+            dataset.mark_bad(self._recorded)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,14 +80,41 @@ class LatentCache(Dataset):
         from tqdm import tqdm
 
         missing = [i for i in range(len(self)) if not (self.dir / f"{i}.safetensors").is_file()]
-        for start in tqdm(range(0, len(missing), batch_size), disable=not progress, desc="latent cache"):
+        bar = tqdm(range(0, len(missing), batch_size), disable=not (progress and missing), desc="latent cache")
+        for start in bar:
             idx = missing[start:start + batch_size]
             raws = [self.dataset[i] for i in idx]
             with torch.no_grad():
                 latents = self.autoencoder.encode(torch.stack([r["video"] for r in raws]).to(self.device)).float().cpu()
             for i, raw, latent in zip(idx, raws, latents):
                 self._store(i, latent, raw)
+        self._record_skipped()
         return len(missing)
+
+    def _read_skipped(self) -> dict[str, str]:
+        """What filling this cache found unusable (file -> reason), as ``_record_skipped`` kept it."""
+        try:
+            table = json.loads((self.dir / "skipped.json").read_text())
+        except (OSError, ValueError):  # none yet, or damaged: the files are read (and found) again
+            return {}
+        if not isinstance(table, dict):
+            return {}
+        return {k: v for k, v in table.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def _record_skipped(self) -> None:
+        """Write ``skipped.json`` when reading found files the record does not have yet (atomically)."""
+        found = {**self._recorded, **(getattr(self.dataset, "bad_items", None) or {})}
+        if found == self._recorded:
+            return
+        path = self.dir / "skipped.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(found, sort_keys=True))
+            os.replace(tmp, path)
+            self._recorded = found
+        except OSError:
+            pass  # like a latent: a read-only cache costs a count in later runs, not this run
 
     def _store(self, index: int, latent: torch.Tensor, raw: dict) -> dict:
         from safetensors.torch import save_file
@@ -112,4 +150,6 @@ class LatentCache(Dataset):
         raw = self.dataset[index]
         with torch.no_grad():
             latent = self.autoencoder.encode(raw["video"][None].to(self.device))[0].float().cpu()
-        return self._store(index, latent, raw)
+        item = self._store(index, latent, raw)
+        self._record_skipped()
+        return item

@@ -221,9 +221,12 @@ class RunLoop:
         self.stopped_by: Optional[str] = None  # the signal that stopped train(), if one did
         self._stop_signal: Optional[str] = None
         self._window_loss, self._window_n = 0.0, 0  # the loss-log window, saved so resume logs the same
-        self._probe_skipped = Counter(getattr(self.dataset, "skipped", None) or {})  # found at init
+        # items found unusable while reading: file -> reason. The task may have read items already (a
+        # latent cache is filled in build): those are named now, and not in the init counts too
+        self.data_bad: dict[str, str] = dict(getattr(self.dataset, "bad_items", None) or {})
+        self._probe_skipped = (Counter(getattr(self.dataset, "skipped", None) or {})
+                               - Counter(self.data_bad.values()))  # found at init
         self._probe_named = dict(getattr(self.dataset, "skipped_files", None) or {})  # file -> reason, if known
-        self.data_bad: dict[str, str] = {}  # items found unusable while reading: file -> reason
 
     # the task's parts, for scripts and tests that hold a trainer (the loop itself goes through self.task)
     @property
@@ -255,7 +258,7 @@ class RunLoop:
         self.bad_steps_total = int(state.get("bad_steps_total", 0))
         self.bad_steps_run = int(state.get("bad_steps_run", 0))
         self._window_loss, self._window_n = state.get("log_window", (0.0, 0))
-        self.data_bad = dict(state.get("data_bad", {}))
+        self.data_bad = {**state.get("data_bad", {}), **self.data_bad}  # (and what building the task read)
         if "rng" in state:
             _set_rng_states(state["rng"])
         self.log(f"resumed from {path} at step {self.step}")

@@ -71,8 +71,12 @@ class Task:
         """Refusals that need more than the config (files, encoders), before any data is read."""
 
     def check_dataset(self, dataset) -> None:
-        """Refusals that need the dataset (its classes), before any model is built."""
-        check_classes(self.cfg.conditions, getattr(dataset, "name", "the dataset"), getattr(dataset, "num_classes", 0))
+        """Refusals that need the dataset (its classes, a folder's caption records), before any model is built."""
+        c = self.cfg.conditions
+        check_classes(c, getattr(dataset, "name", "the dataset"), getattr(dataset, "num_classes", 0))
+        check_captions = getattr(dataset, "check_captions", None)  # a folder: labels and captions from captions.jsonl
+        if check_captions is not None and self.cfg.train.task == "diffusion":  # (an autoencoder reads neither)
+            check_captions(num_classes=c.num_classes, text=c.text_channels is not None)
 
     def build(self, dataset, plan: BatchPlan, init_from: Optional[str]) -> None:
         """Model, EMA and optimizer; ``self.dataset`` is what the loop reads (a task may wrap it)."""
