@@ -1,6 +1,7 @@
 # moviola: two commands from a fresh clone.
 #   make demo   set up .venv and generate clips from prompts with the shipped text-to-video model -> demo.gif
-#               (make demo PROMPT="a green circle moving left" for your own prompt)
+#               (make demo PROMPT="a green circle moving left" for your own prompt;
+#                make demo MODEL=latte-diffusers for the shipped model that exports to diffusers)
 #   make test   set up .venv and run the test suite (what .ci/run runs)
 #
 # torch is installed first, pinned, so pip takes the CPU build that lies on this machine
@@ -14,6 +15,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROMPT ?=
 export PROMPT
+MODEL  ?= latte
+# the shipped text-to-video model of each MODEL name
+CKPT_latte := checkpoints/shapes-latte-t2v
+CKPT_latte-diffusers := checkpoints/shapes-latte-t2v-diffusers
+CKPT = $(CKPT_$(MODEL))
 DEMO_PROMPTS := --prompt "a red circle moving down" --prompt "a green square moving right" \
 	--prompt "a blue triangle moving up" --prompt "a yellow triangle moving right"
 DEMO_LIST := a red circle moving down, a green square moving right, a blue triangle moving up, a yellow triangle moving right (the last a combination never seen in training)
@@ -30,7 +36,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/moviola sample checkpoints/shapes-latte-t2v $(if $(PROMPT),--prompt "$$PROMPT",$(DEMO_PROMPTS)) \
+	@test -n "$(CKPT)" || { echo "make demo: MODEL=$(MODEL) is not a shipped model; choose latte or latte-diffusers" >&2; exit 2; }
+	$(BIN)/moviola sample $(CKPT) $(if $(PROMPT),--prompt "$$PROMPT",$(DEMO_PROMPTS)) \
 		--steps 50 --cfg 4 --seed 0 --out demo.gif
 	@echo "demo.gif: $(if $(PROMPT),$$PROMPT,$(DEMO_LIST)); make demo PROMPT='a blue circle moving up' for your own"
 

@@ -5,6 +5,7 @@ command quietly (issue 14)."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -161,6 +162,18 @@ def test_clip_start_random_is_a_pure_function_of_seed_and_index(tmp_path):
     before = {k: v for k, v in vars(first.data).items() if k != "clip_start"}
     assert dataset_fingerprint(vars(first.data), ds) == dataset_fingerprint(before, ds)
     assert dataset_fingerprint(vars(cfg.data), ds) != dataset_fingerprint(vars(first.data), ds)
+
+
+def test_clip_start_random_is_a_function_of_the_file_not_of_its_place_in_the_list(tmp_path):
+    """A file added before the others in sort order leaves their starts where they were."""
+    folder = ramp_folder(tmp_path / "r", files=4)
+    cfg = load_config(overrides=["data.dataset=folder", f"data.root={folder}", "data.frames=4",
+                                 "data.clip_start=random", "data.seed=3"])
+    before = dict(zip(["00", "01", "02", "03"], starts(build_dataset(cfg.data))))
+    shutil.copy(folder / "00.mp4", folder / "0.mp4")  # sorts first
+    ds = build_dataset(cfg.data)
+    after = dict(zip([p.stem for p in ds.files], starts(ds)))
+    assert {k: after[k] for k in before} == before
 
 
 def test_clip_start_random_trains_the_same_resumed_and_with_workers(tmp_path):

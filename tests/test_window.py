@@ -200,3 +200,15 @@ def test_adaln_lora_is_eq_3_and_starts_at_zero():
     a1 = F.silu(c) @ shared.linear.weight.T + shared.linear.bias
     expect = a1 + F.silu(c) @ W_a.T @ W_b.T  # A^i = A^1 + W_b W_a (c + t), both through DiT's SiLU
     torch.testing.assert_close(torch.cat(vectors, dim=-1), expect)
+
+
+def test_growing_in_time_keeps_what_each_learned_row_means():
+    """An offset keeps its bias and a frame its embedding; beyond the trained range the edge row repeats."""
+    from moviola.nn.window import resize_table
+
+    offsets = torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1)  # offsets -1, 0, +1 of a t = 2 window, (2t-1, 1, 1, C)
+    grown = resize_table(offsets, (7, 1, 1), shrink="center").flatten().tolist()  # a t = 4 window: offsets -3..3
+    assert grown == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0]
+    frames = torch.tensor([5.0, 6.0]).view(2, 1, 1, 1)  # frame 0, frame 1 embeddings
+    assert resize_table(frames, (4, 1, 1), shrink="first").flatten().tolist() == [5.0, 6.0, 6.0, 6.0]
+    assert resize_table(frames, (1, 1, 1), shrink="first").flatten().tolist() == [5.0]

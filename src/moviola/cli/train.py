@@ -127,7 +127,7 @@ def _resume_config(config: Optional[str], run_dir: Optional[Path], overrides: li
     """The config a resumed run continues with: its saved one, changed only in :data:`RESUMABLE_KEYS`
     the user named; any other difference from a CONFIG or --set is refused, naming the keys."""
     from moviola.config import absolute_paths, config_from_json, load_config, to_dict
-    from moviola.training.loop import config_changes
+    from moviola.config import config_changes
 
     given = load_config(config, overrides) if config is not None else None
     if run_dir is None:

@@ -146,3 +146,20 @@ def check_ranges(values: dict[str, Any], ranges: tuple[Range, ...]) -> None:
             bounds = (f"between {low} and {high}" if low is not None and high is not None
                       else f"at least {low}" if low is not None else f"at most {high}")
             raise ConfigError(f"{key} must be {bounds} (got {value})")
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{dotted key: value}`` (an empty mapping and lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: Any, new: Any) -> dict[str, tuple]:
+    """The dotted keys whose values differ between two configs: ``{key: (old, new)}``."""
+    a, b = leaves(to_dict(old)), leaves(to_dict(new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

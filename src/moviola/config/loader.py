@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from moviola.config.autoencoder import trains_autoencoder
-from moviola.config.base import ConfigError, from_dict, to_dict
+from moviola.config.base import ConfigError, from_dict, leaves, to_dict
 from moviola.config.models import MODEL_CONFIGS
 from moviola.config.run import RunConfig
 
@@ -157,18 +157,9 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         command_line: dict = {}  # the --set overrides, one source
         for item in overrides:
             _set_path(command_line, *parse_override(item))
-        for key, value in _leaves(migrate(command_line, "--set")):
+        for key, value in leaves(migrate(command_line, "--set")).items():
             _set_path(tree, key, value)
     return absolute_paths(from_dict(RunConfig, tree)).validate()
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    """``(dotted key, value)`` of every leaf of a nested mapping (one --set makes one leaf)."""
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:

@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from moviola.config.autoencoder import (AUTOENCODER_RANGES, AutoencoderConfig, VAELossConfig,
-                                        autoencoder_temporal_factor, validate_autoencoder)
+from moviola.config.autoencoder import AUTOENCODER_RANGES, AutoencoderConfig, VAELossConfig, validate_autoencoder
 from moviola.config.base import ConfigError, check_ranges, numbers
 from moviola.config.models import LatteConfig, model_config_from_dict
 
@@ -188,9 +187,7 @@ class RunConfig:
             raise ConfigError(f"text.max_length must be at least 2 (got {self.text.max_length})")
         if d.use_image_num < 0:
             raise ConfigError(f"data.use_image_num must be 0 or more (got {d.use_image_num})")
-        if d.use_image_num and autoencoder_temporal_factor(self.autoencoder) > 1:
-            raise ConfigError("data.use_image_num (joint image training) with a causal VAE is not supported: its "
-                              "latent frames each cover several frames, so single images cannot be appended")
+        # with a causal VAE each image is encoded alone, as a one-frame video: one latent frame (training/trainer.py)
         if d.use_image_num and not getattr(self.model, "joint_images", False):
             raise ConfigError(f"data.use_image_num > 0 (image-video joint training): the {self.model.family} family "
                               "does not take appended image frames")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
@@ -285,8 +286,9 @@ class VideoFolder(_MediaFolder):
         """The first frame of file ``i``'s clip, in a file of ``length`` frames."""
         if not self.random_offset or length <= self.span:
             return 0
-        if self.offset_seed is not None:  # a pure function of (offset_seed, i): every epoch, run and worker agree
-            return int(np.random.default_rng([self.offset_seed, i]).integers(0, length - self.span + 1))
+        if self.offset_seed is not None:  # a pure function of (offset_seed, the file): every epoch, run and worker agree
+            name = zlib.crc32(self.files[i].relative_to(self.root).as_posix().encode())  # not i: files may come and go
+            return int(np.random.default_rng([self.offset_seed, name]).integers(0, length - self.span + 1))
         # torch's RNG: seeded by torch.manual_seed and distinct per DataLoader worker
         return int(torch.randint(0, length - self.span + 1, ()).item())
 

@@ -69,7 +69,7 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: str, ga
 
 
 def _with_estimate(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, use: torch.Tensor,
-                   prediction: str, learned_sigma: bool):
+                   prediction: str):
     """``cond`` with ``self_cond``: the model's own x0 estimate (from a zero estimate, no gradient) where
     ``use`` (B,) is True, zeros elsewhere."""
     cond = Conditioning() if cond is None else cond
@@ -126,7 +126,7 @@ def training_losses(
     t = t.to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)
     if self_cond is not None:
-        cond = _with_estimate(model, schedule, x_t, t, cond, self_cond, prediction, learned_sigma)
+        cond = _with_estimate(model, schedule, x_t, t, cond, self_cond, prediction)
     out = model(x_t, schedule.model_timesteps(t), cond)
 
     C = x0.shape[1]

@@ -31,6 +31,12 @@ class Denoiser(Protocol):
     @classmethod
     def from_config(cls, cfg, conditions, in_channels: int) -> "Denoiser": ...
 
+    @staticmethod
+    def input_groups(cfg, conditions, in_channels: int) -> list[tuple[str, int]]:
+        """The named channel groups of the input the model embeds (x_t first, then the conditions that
+        enter along channels), in order: how a warm start maps one model's input weights onto another's."""
+        ...
+
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
         """What trains in ``stage`` (one of STAGES): Video LDM's frozen spatial layers and VideoCrafter2's
         spatial-only fine-tune are configuration (``train.stage``)."""

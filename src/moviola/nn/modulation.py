@@ -8,7 +8,7 @@
 - ``TokenInjection``: no modulation. The timestep and class are extra tokens in the sequence, and the
   block is a plain pre-LN transformer block whose LayerNorms have their own affine parameters.
 - ``AdaLNLoRA`` (W.A.L.T, Eq. 3): one full regression shared by every layer (``AdaLNLoRAShared``,
-  owned by the model), plus a rank-r update per layer: ``A^i = A^1 + W_b^i W_a^i (c + t)``.
+  owned by the model), plus a rank-r update per layer: ``A^i = A^1 + W_b^i W_a^i SiLU(c + t)``.
 
 A modulation object holds no weights: it creates them on the block it is attached to, under the
 names the released checkpoints use (``adaLN_modulation``, ``scale_shift_table``), so weights load

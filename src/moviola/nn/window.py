@@ -8,8 +8,9 @@ A window spanning the whole grid is full attention. Windows are reshapes around
 
 The learned tables (the bias table here, absolute position tables in a model) are made for one
 window or grid; ``resize_table`` / ``resize_relative_table`` interpolate them to another (the
-paper's aspect-ratio fine-tune): bicubic over space, and over time the table's own rows when it
-shrinks (frame offsets keep their meaning) or a linear interpolation when it grows.
+paper's aspect-ratio fine-tune): bicubic over space (frames are resampled images), and over time
+the table's own rows, kept where they were learned and padded with the edge rows when it grows
+(a frame or an offset keeps its meaning; time is not resampled).
 """
 from __future__ import annotations
 
@@ -63,18 +64,24 @@ def relative_index(window: Window) -> torch.Tensor:
         return (rel[0] * sh + rel[1]) * sw + rel[2]  # (L, L)
 
 
-def _resize_time(x: torch.Tensor, size: int, shrink: str) -> torch.Tensor:
-    """x (C, T, ...) -> (C, size, ...): rows kept when shrinking (``first`` or ``center`` ones), else linear."""
+def _resize_time(x: torch.Tensor, size: int, where: str) -> torch.Tensor:
+    """x (C, T, ...) -> (C, size, ...) keeping every learned row's meaning: the ``first`` rows (an absolute
+    table: frame i keeps its embedding; frames past the trained length repeat the last one) or the
+    ``center`` rows (a table of offsets: offset k keeps its bias; offsets past the trained range take the
+    largest trained one's, as clipped relative positions do). Never an interpolation, which would move
+    what each learned row stands for."""
     n = x.shape[1]
     if size == n:
         return x
+    if where == "first":
+        if size < n:
+            return x[:, :size]
+        return torch.cat([x, x[:, -1:].expand(-1, size - n, *x.shape[2:])], dim=1)  # (C, size, ...)
     if size < n:
-        start = 0 if shrink == "first" else (n - size) // 2
+        start = (n - size) // 2
         return x[:, start:start + size]
-    rest = x.shape[2:]
-    flat = x.reshape(x.shape[0], n, -1).permute(0, 2, 1).reshape(1, -1, n)  # (1, C·R, T)
-    out = F.interpolate(flat, size=size, mode="linear", align_corners=False)  # (1, C·R, size)
-    return out.view(x.shape[0], -1, size).permute(0, 2, 1).reshape(x.shape[0], size, *rest)  # (C, size, ...)
+    pad = (size - n) // 2  # both tables have odd lengths (2t - 1): the padding is even
+    return torch.cat([x[:, :1].expand(-1, pad, *x.shape[2:]), x, x[:, -1:].expand(-1, pad, *x.shape[2:])], dim=1)
 
 
 def _resize_space(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -86,9 +93,9 @@ def _resize_space(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_table(table: torch.Tensor, size: tuple[int, int, int], shrink: str = "first") -> torch.Tensor:
-    """A (t, h, w, C) table of learned vectors at another (t', h', w'): bicubic in space; in time its first
-    rows (``shrink='first'``: an absolute table, frame i keeps its embedding) or central rows
-    (``'center'``: a table of offsets) when shrinking, linear when growing."""
+    """A (t, h, w, C) table of learned vectors at another (t', h', w'): bicubic in space; in time the rows
+    keep their meaning (``_resize_time``: ``shrink='first'`` for an absolute table, ``'center'`` for a
+    table of offsets)."""
     x = table.permute(3, 0, 1, 2)  # (C, t, h, w)
     x = _resize_space(_resize_time(x, size[0], shrink), size[1:])  # (C, t', h', w')
     return x.permute(1, 2, 3, 0)  # (t', h', w', C)

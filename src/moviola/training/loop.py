@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from moviola.config import ConfigError, RunConfig, config_from_json, save_config, to_dict
+from moviola.config import ConfigError, RunConfig, config_changes, config_from_json, save_config, to_dict
 from moviola.data import build_dataset, check_classes, known_classes
 from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
 from moviola.training.data import BatchPlan, step_batches
@@ -71,23 +71,6 @@ from moviola.training.task import Task
 from moviola.utils import bf16_matmul_slowdown, native_bf16, resolve_device, resolve_precision
 
 NAMED_IN_LOG = 5  # unusable data items named in a log line; data_skipped.jsonl has them all
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    """A config tree (``to_dict``) as ``{dotted key: value}``; lists stay values."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
-    """The dotted keys whose values differ between two resolved configs: ``{key: (old, new)}``."""
-    a, b = _leaves(to_dict(old)), _leaves(to_dict(new))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 class TrainingDiverged(RuntimeError):

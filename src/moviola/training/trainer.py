@@ -18,11 +18,11 @@ from moviola.autoencoders import build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
 from moviola.conditioning.text import build_text
-from moviola.config import ConfigError, to_dict
+from moviola.config import ConfigError, config_from_json, to_dict
 from moviola.data.joint import extra_image_frames
 from moviola.diffusion import build_schedule, training_losses  # training_losses: looked up here at each step
 from moviola.io.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_name
-from moviola.models.registry import build_model
+from moviola.models.registry import FAMILIES, build_model
 from moviola.training.data import BatchPlan, batch_indices, collate  # noqa: F401 (importable from here)
 from moviola.training.ema import EMA
 from moviola.training.loop import CheckpointWriteFailed, RunLoop, TrainingDiverged  # noqa: F401
@@ -34,48 +34,62 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     """Warm start from a moviola checkpoint (e.g. a shipped ``checkpoints/*`` export): every weight
     whose name and shape match is copied; optimizer state and step count start fresh.
 
-    A weight that gained input channels (the patch embedding of a model that adds context-frame
-    channels to a model trained without them) gets the old weights in its first channels and
-    zeros in the new ones, so the new inputs start with no influence (as SD's inpainting models).
-    A weight that lost input channels (a model without context frames started from one with them)
-    keeps the first ones: x_t comes first in every family's input, so the new model starts as the
-    old one did when it was given no frame (zeros in the dropped channels).
+    The input embedding (``x_embedder.proj.weight``) is copied group by group of input channels
+    (the model's ``input_groups``: x_t, context frames, the self-conditioning estimate, ...): a group
+    both models have keeps its weights, a group only the new model has starts at zero (no influence,
+    as SD's inpainting models start), a group only the old one had is dropped. So a model without
+    context frames started from one with them begins as that model did when given no frame.
     """
     ckpt = resolve_checkpoint(path)
     name = weights_name(ckpt, "ema")
     sd = load_weights(ckpt, name)
     own = model.state_dict()
     loaded = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    widened = {k: v for k, v in sd.items() if k in own and k not in loaded and _widens_inputs(v.shape, own[k].shape)}
-    narrowed = {k: v for k, v in sd.items() if k in own and k not in loaded and _widens_inputs(own[k].shape, v.shape)}
     if not loaded:
         raise CheckpointError(f"--init-from {ckpt}: no weight fits this model (different architecture?)")
     with torch.no_grad():
         for k, v in loaded.items():
             own[k].copy_(v.to(own[k].dtype))
-        for k, v in widened.items():
-            own[k].zero_()
-            own[k][:, :v.shape[1]].copy_(v.to(own[k].dtype))
-        for k, v in narrowed.items():
-            own[k].copy_(v[:, :own[k].shape[1]].to(own[k].dtype))
-    done = set(loaded) | set(widened) | set(narrowed)
-    left = sorted(set(own) - done)
-    unused = sorted(set(sd) - done)
-    return [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors",
-            *([f"init-from: widened (new input channels zero): {sorted(widened)}"] if widened else []),
-            *([f"init-from: narrowed (the first input channels kept): {sorted(narrowed)}"] if narrowed else []),
-            f"init-from: left at initialization: {left[:10]}{'…' if len(left) > 10 else ''}" if left else
+    lines = [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors"]
+    key = "x_embedder.proj.weight"
+    if key in own and key in sd and key not in loaded:
+        lines.append(_copy_input_groups(model, own[key], sd[key], config_from_json(ckpt / "config.json")))
+        loaded[key] = sd[key]
+    left = sorted(set(own) - set(loaded))
+    unused = sorted(set(sd) - set(loaded))
+    return [*lines, f"init-from: left at initialization: {left[:10]}{'…' if len(left) > 10 else ''}" if left else
             "init-from: every tensor loaded",
             *([f"init-from: not used from the file: {unused[:10]}"] if unused else [])]
 
 
+def _copy_input_groups(model: torch.nn.Module, new: torch.Tensor, old: torch.Tensor, old_cfg) -> str:
+    """Copy the input embedding's weights (out, in, ...) group by group of input channels; returns a log line."""
+    channels = model.in_channels
+    new_groups = type(model).input_groups(model.config, model.conditions, channels)
+    old_groups = FAMILIES[old_cfg.model.family][1].input_groups(old_cfg.model, old_cfg.conditions, channels)
+    if sum(n for _, n in old_groups) != old.shape[1] or new.shape[0] != old.shape[0] or new.shape[2:] != old.shape[2:]:
+        raise CheckpointError(f"--init-from: the input embedding {tuple(old.shape)} does not fit this model's "
+                              f"{tuple(new.shape)} (another latent space or width?)")
+    starts, offset = {}, 0
+    for group, n in old_groups:
+        starts[group] = (offset, n)
+        offset += n
+    kept, zeroed, offset = [], [], 0
+    for group, n in new_groups:
+        if group in starts and starts[group][1] == n:
+            new[:, offset:offset + n].copy_(old[:, starts[group][0]:starts[group][0] + n].to(new.dtype))
+            kept.append(group)
+        else:
+            new[:, offset:offset + n].zero_()
+            zeroed.append(group)
+        offset += n
+    dropped = [g for g, _ in old_groups if g not in kept]
+    return (f"init-from: input channels by group: kept {kept}" + (f", new at zero {zeroed}" if zeroed else "")
+            + (f", dropped {dropped}" if dropped else ""))
+
+
 # the conditions DiffusionTask draws for a training batch (ConditionsConfig.wanted() names)
 BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond")
-
-
-def _widens_inputs(old: torch.Size, new: torch.Size) -> bool:
-    """Same shape except more input channels (dim 1) in the new weight."""
-    return (len(old) == len(new) >= 2 and old[0] == new[0] and old[2:] == new[2:] and new[1] > old[1])
 
 
 class Draws(NamedTuple):
@@ -168,14 +182,27 @@ class DiffusionTask(Task):
                 x0 = self.autoencoder.encode(batch["video"].to(self.device))
         frames = x0.shape[2]  # latent frames of the videos (joint training appends image frames below)
         labels = batch.get("label")
-        if cfg.data.use_image_num:  # Latte+IMG: single frames of other clips after each video (data/joint.py)
+        if cfg.data.use_image_num:  # Latte+IMG, W.A.L.T: single frames of other clips after each video (data/joint.py)
             idx = self.plan.indices(step, len(self.dataset))
             images, image_labels = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step)
-            with torch.no_grad():
-                x0 = torch.cat([x0, self.autoencoder.encode(images.to(self.device))], dim=2)  # (B, c, T+n, h, w)
+            x0 = torch.cat([x0, self._encode_images(images.to(self.device))], dim=2)  # (B, c, T+n, h, w)
             if labels is not None and image_labels is not None:  # a label per frame: (B, T+n)
                 labels = torch.cat([labels[:, None].expand(-1, frames), image_labels], dim=1)
         return x0, labels, frames
+
+    @torch.no_grad()
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Joint training's images (B, 3, n, H, W), each encoded alone as a one-frame video -> (B, c, n, h, w).
+
+        A causal VAE encodes a clip's first frame by itself, so an image is one latent frame (W.A.L.T);
+        a frame VAE or the identity encodes frame by frame anyway, so this is their usual encoding."""
+        B, C, n, H, W = images.shape
+        one = images.transpose(1, 2).reshape(B * n, C, 1, H, W)  # (B·n, 3, 1, H, W): b-major, as (B, n)
+        z = self.autoencoder.encode(one)  # (B·n, c, 1, h, w)
+        if z.shape[2] != 1:
+            raise ValueError(f"the autoencoder encoded a one-frame video into {z.shape[2]} latent frames: "
+                             "joint image training appends one latent frame per image")
+        return z.reshape(B, n, z.shape[1], *z.shape[3:]).transpose(1, 2)  # (B, c, n, h, w)
 
     def _conditions(self, g: torch.Generator, x0: torch.Tensor, labels: Optional[torch.Tensor],
                     captions: list[str], frames: int) -> tuple[Conditioning, torch.Tensor]:

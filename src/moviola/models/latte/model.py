@@ -103,7 +103,7 @@ class Latte(nn.Module):
                                  | ({"context", "context_mask"} if context_frames else set()))
 
         # context frames enter as extra input channels: x_t, m ∘ z and m (C + C + 1)
-        embed_in = 2 * in_channels + 1 if context_frames else in_channels
+        embed_in = sum(size for _, size in self.input_groups(cfg, conditions, in_channels))
         if patch_embed == "frame":
             self.x_embedder = PatchEmbed(embed_in, hidden_size, patch_size)
         else:
@@ -143,6 +143,11 @@ class Latte(nn.Module):
             raise ValueError("temporal_pos='rope' needs an even attention head width")
         if cfg.text_pooled and not conditions.text_channels:
             raise ValueError("text_pooled needs a text model (conditions.text_channels)")
+
+    @staticmethod
+    def input_groups(cfg: LatteConfig, conditions: ConditionsConfig, in_channels: int) -> list[tuple[str, int]]:
+        """The channel groups of the patch embedding's input, in order: x_t, then (m ∘ z, m) with context frames."""
+        return [("x_t", in_channels)] + ([("context", in_channels + 1)] if conditions.context_frames else [])
 
     @classmethod
     def from_config(cls, cfg: LatteConfig, conditions: ConditionsConfig, in_channels: int) -> "Latte":

@@ -68,8 +68,7 @@ class Walt(nn.Module):
                                  | ({"noise_level"} if conditions.noise_level else set()))
 
         # input channels: x_t, (m ∘ z, m), the x0 estimate, the upsampled low-resolution latent
-        embed_in = in_channels * (1 + self.self_conditioning + conditions.low_res) + (
-            in_channels + 1 if self.context_frames else 0)
+        embed_in = sum(size for _, size in self.input_groups(cfg, conditions, in_channels))
         self.x_embedder = PatchEmbed(embed_in, D, cfg.patch_size)
         self.low_res_upsample = DepthToSpaceUpsample(in_channels) if conditions.low_res else None
         t0, h0, w0 = self.token_grid
@@ -95,6 +94,13 @@ class Walt(nn.Module):
         if self.config.adaln == "separate":
             return "adaln"
         return AdaLNLoRA(self.config.adaln_lora_rank)
+
+    @staticmethod
+    def input_groups(cfg: WaltConfig, conditions: ConditionsConfig, in_channels: int) -> list[tuple[str, int]]:
+        """The channel groups of the patch embedding's input, in the order ``inputs`` concatenates them."""
+        return ([("x_t", in_channels)] + ([("context", in_channels + 1)] if conditions.context_frames else [])
+                + ([("self_cond", in_channels)] if conditions.self_cond > 0 else [])
+                + ([("low_res", in_channels)] if conditions.low_res else []))
 
     @classmethod
     def from_config(cls, cfg: WaltConfig, conditions: ConditionsConfig, in_channels: int) -> "Walt":
