@@ -209,8 +209,6 @@ def test_latent_cache_key_changes_with_the_captions(tmp_path):
 
 
 def test_causal_vae_configs_count_latent_frames():
-    with pytest.raises(ConfigError, match="joint image training.*causal VAE"):
-        vae_cfg("causal_vae", "data.use_image_num=2")
     # a denoiser on this VAE's latents: 13 frames -> 1 + 12/2 = 7 latent frames (factor 2): tubelet 7 fits, 2 does not
     with pytest.raises(ConfigError, match="7 latent frames .* not divisible by model.tubelet_size=2"):
         vae_cfg("causal_vae", "data.frames=13", "model.patch_embed=tubelet", "model.tubelet_size=2",
