@@ -16,7 +16,8 @@ def add_eval_vae_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("autoencoder", help="an autoencoder directory (moviola export of a train-vae run, a diffusers "
                                         "AutoencoderKL) or a run directory")
     ev.add_argument("--videos", help="a folder of videos (searched recursively), or one video file, to reconstruct")
-    ev.add_argument("--shapes", type=int, help="reconstruct this many Moving Shapes test-split clips instead")
+    ev.add_argument("--shapes", type=int, help="reconstruct this many Moving Shapes test-split clips instead "
+                    "(also scored by the Moving Shapes rules: the best a latent model on it can score)")
     ev.add_argument("--frames", type=int, default=17, help="frames per clip (a causal VAE takes 1 + 4k)")
     ev.add_argument("--size", type=int, default=64, help="frame size (videos are resized to cover it, centre-cropped)")
     ev.add_argument("--stride", type=int, default=1, help="take every N-th frame of the videos")

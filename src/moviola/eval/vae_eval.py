@@ -47,6 +47,7 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
     n = 0
     batch: list[torch.Tensor] = []
     names: list[str] = []
+    scored: list[tuple[torch.Tensor, int]] = []  # Moving Shapes: (reconstruction, label), scored at the end
 
     def flush() -> None:
         x = torch.stack(batch).to(dev)
@@ -55,8 +56,11 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
             recon = ae.decode(z, **({"tile_size": tile_size} if kwargs else {}))
         for k, v in reconstruction_metrics(recon.float().cpu(), x.float().cpu()).items():
             rows.setdefault(k, []).extend(v)
+        if shapes is not None:
+            scored.extend(zip(recon.float().cpu(), labels[len(scored):len(scored) + len(batch)]))
         batch.clear()
 
+    labels: list[int] = []
     read = getattr(data, "exact", data.__getitem__)  # a folder: each file once, bad ones skipped and counted
     for i in tqdm(range(len(data)), desc="eval-vae", unit="clip", disable=not progress, file=sys.stderr,
                   dynamic_ncols=True):
@@ -64,6 +68,7 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
         if item is None:
             continue
         batch.append(item["video"])
+        labels.append(int(item.get("label", -1)))
         names.append(data.files[i].name if hasattr(data, "files") else f"test-{i:05d}")
         n += 1
         if len(batch) == batch_size:
@@ -74,8 +79,14 @@ def evaluate_autoencoder(path: Union[str, Path], videos: Optional[Union[str, Pat
     if n == 0:
         raise ValueError(f"no clip to evaluate in {source} (skipped: {skipped})")
     per_clip = [{"clip": name, **{k: v[i] for k, v in rows.items()}} for i, name in enumerate(names)]
-    return {"autoencoder": str(path), "source": source, "clips": n, "frames": frames, "size": size,
-            "skipped": skipped, **summarize(rows), "seconds": time.perf_counter() - t0, "per_clip": per_clip}
+    out = {"autoencoder": str(path), "source": source, "clips": n, "frames": frames, "size": size,
+           "skipped": skipped, **summarize(rows), "seconds": time.perf_counter() - t0, "per_clip": per_clip}
+    if scored:  # what a latent model on this autoencoder can at best score: its reconstructions, by the scorer
+        from moviola.eval.shapes_score import score_batch
+
+        s = score_batch(torch.stack([v for v, _ in scored]), [y for _, y in scored])
+        out["shapes_score"] = {k: v for k, v in s.items() if isinstance(v, (int, float))}
+    return out
 
 
 class _OneVideo(VideoFolder):
