@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 OWN_DATA = ROOT / "docs" / "own-data.md"
-COMMAND_DOCS = (README, OWN_DATA, ROOT / "docs" / "text.md")
+COMMAND_DOCS = (README, OWN_DATA, *(ROOT / "docs" / f for f in ("text.md", "latte.md", "autoencoders.md")))
 
 # the one substitution: sampling steps in the snippets, for time (the README's values run too, slower)
 SMALLER = ((re.compile(r"\bsteps=\d+"), "steps=2"),)
