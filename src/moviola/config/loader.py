@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from moviola.config.autoencoder import trains_autoencoder
 from moviola.config.base import ConfigError, from_dict, leaves, to_dict
 from moviola.config.models import MODEL_CONFIGS
 from moviola.config.run import RunConfig
+from moviola.io.files import atomic_write_text
 
 # keys that moved when the conditions got their own section (old dotted key -> new dotted key)
 MOVED_KEYS: dict[str, str] = {
@@ -185,10 +185,7 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
     """Write the resolved config; a temporary file and a rename, so a crash never leaves half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 def config_from_json(path: Union[str, Path]) -> RunConfig:

@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
+from moviola.io.files import atomic_write_text
+
 
 def autoencoder_fingerprint(ae: torch.nn.Module) -> str:
     h = hashlib.sha256(type(ae).__name__.encode())
@@ -106,12 +108,9 @@ class LatentCache(Dataset):
         found = {**self._recorded, **(getattr(self.dataset, "bad_items", None) or {})}
         if found == self._recorded:
             return
-        path = self.dir / "skipped.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(found, sort_keys=True))
-            os.replace(tmp, path)
+            atomic_write_text(self.dir / "skipped.json", json.dumps(found, sort_keys=True))
             self._recorded = found
         except OSError:
             pass  # like a latent: a read-only cache costs a count in later runs, not this run

@@ -66,6 +66,7 @@ from tqdm import tqdm
 from moviola.config import ConfigError, RunConfig, config_changes, config_from_json, save_config, to_dict
 from moviola.data import build_dataset, check_classes, known_classes
 from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
+from moviola.io.files import atomic_write_text
 from moviola.training.data import BatchPlan, step_batches
 from moviola.training.task import Task
 from moviola.utils import bf16_matmul_slowdown, native_bf16, resolve_device, resolve_precision
@@ -338,11 +339,9 @@ class RunLoop:
         (a crash leaves the previous list, never half of one)."""
         items = {**self._probe_named, **self.data_bad}
         path = self.run_dir / "data_skipped.jsonl"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            tmp.write_text("".join(json.dumps({"file": name, "reason": why}) + "\n"
-                                   for name, why in sorted(items.items())))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps({"file": name, "reason": why}) + "\n"
+                                            for name, why in sorted(items.items())))
         except OSError as e:  # like a metrics line: not worth ending the run over
             self._warn(f"could not write {path}: {e}")
 
