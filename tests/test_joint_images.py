@@ -9,7 +9,7 @@ import torch
 
 from moviola.autoencoders.causal_vae import CausalVAE
 from moviola.config import ConfigError, load_config
-from moviola.data.joint import extra_image_frames
+from moviola.data.joint import caption_groups, extra_image_frames
 from moviola.training.trainer import Trainer
 
 FRAMES, SIZE, IMAGES = 9, 32, 2  # 9 frames -> 1 + 8/4 = 3 latent frames of 4×4; then 2 image latent frames
@@ -137,3 +137,81 @@ def test_a_frame_vae_or_identity_batch_is_the_old_per_frame_encoding(tmp_path):
     idx = task.plan.indices(3, len(task.dataset))
     images, _ = extra_image_frames(task.dataset, idx, 2, cfg.train.seed, 3)
     assert torch.equal(x0[:, :, 4:], images) and torch.equal(task._encode_images(images), images)
+
+
+def test_from_the_latent_cache_each_image_is_the_first_latent_frame_of_another_clip(vae_path, tmp_path, monkeypatch):
+    """data.latent_cache with joint images: an image is a cached clip's first latent frame, which a causal VAE
+    computes from pixel frame 0 alone: it equals encoding that frame as a one-frame video."""
+    monkeypatch.setenv("MOVIOLA_CACHE", str(tmp_path / "cache"))
+    trainer = Trainer(config(vae_path, "walt", "data.latent_cache=true"), tmp_path / "run", quiet=True)
+    task = trainer.task
+    vae = task.autoencoder
+    raw = task.dataset.dataset  # the pixel clips under the cache
+    alone = torch.cat([vae.encode(raw[k]["video"][None, :, :1]) for k in range(len(raw))])  # (N, c, 1, h, w)
+    labels_of = torch.tensor([int(raw[k]["label"]) for k in range(len(raw))])
+    for step in range(3):
+        x0, cond, *_ = trainer.make_batch(step)
+        idx = task.plan.indices(step, len(task.dataset))
+        for b in range(x0.shape[0]):
+            torch.testing.assert_close(x0[b:b + 1, :, :LATENT_T], vae.encode(raw[idx[b]]["video"][None]),
+                                       rtol=1e-5, atol=1e-5)  # the video's own latent frames
+            for j in range(IMAGES):
+                got = x0[b, :, LATENT_T + j:LATENT_T + j + 1]
+                dist = (alone[:, :, :] - got[None]).flatten(1).abs().amax(1)
+                k = int(dist.argmin())
+                assert dist[k] < 1e-5 and k != idx[b]  # frame 0 of another clip, encoded alone
+                assert int(cond.labels[b, LATENT_T + j]) == int(labels_of[k])  # with that clip's label
+
+
+class _Clips(torch.utils.data.Dataset):
+    """Clip i: a (1, 3, 1, 1) video holding i, i + 0.25, i + 0.5; captions cycle over ``captions``."""
+
+    def __init__(self, n, captions):
+        self.n, self.captions = n, captions
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"video": (i + torch.tensor([0.0, 0.25, 0.5])).reshape(1, 3, 1, 1),
+                "caption": self.captions[i % len(self.captions)]}
+
+
+def test_with_text_a_videos_images_come_from_other_clips_with_its_caption():
+    data = _Clips(12, ["a red circle", "a blue square", "a green triangle"])
+    groups = caption_groups(data)
+    assert groups == {"a red circle": [0, 3, 6, 9], "a blue square": [1, 4, 7, 10], "a green triangle": [2, 5, 8, 11]}
+    seen = set()
+    for step in range(20):
+        own = [step % 12, (step * 5) % 12]
+        images, labels = extra_image_frames(data, own, 3, 0, step, groups=groups)
+        assert labels is None and images.shape == (2, 1, 3, 1, 1)
+        for b, i in enumerate(own):
+            for j in range(3):
+                value = float(images[b, 0, j, 0, 0])
+                k, f = int(value), round((value % 1) / 0.25)
+                assert k != i and k % 3 == i % 3  # another clip, with the same caption
+                seen.add((k % 3, f))
+    assert {f for _, f in seen} == {0, 1, 2}  # any frame of a frame-wise clip
+    first, _ = extra_image_frames(data, [0, 1], 4, 0, 0, groups=groups, first_only=True)
+    assert torch.equal(first % 1, torch.zeros_like(first))  # a causal VAE's latents: only the first frame
+    alone = _Clips(4, ["a", "b", "c"])  # "a" has clips 0 and 3, "b" only clip 1
+    with pytest.raises(ValueError, match="clip 1 is the only one with the caption 'b'"):
+        extra_image_frames(alone, [1], 1, 0, 0, groups=caption_groups(alone))
+
+
+def test_joint_images_with_text_refuse_a_caption_with_one_clip_before_training(tmp_path, tiny_bert_dir):
+    base = ["name=t2v-img", "model.size=tiny", "model.patch_size=8", "model.hidden_size=32", "model.depth=2",
+            "model.num_heads=2", "conditions.text_channels=24", f"text.encoder={tiny_bert_dir}", "text.max_length=10",
+            "data.size=32", "data.frames=4", "data.use_image_num=1", "train.batch_size=2", "train.device=cpu",
+            "train.precision=fp32", "train.steps=1"]
+    with pytest.raises(ConfigError, match=r"have one clip only, e.g. 'a .*'; give each caption two clips"):
+        Trainer(load_config(overrides=[*base, "data.count=8"]), tmp_path / "few", quiet=True)  # 8 clips, 40 captions
+    trainer = Trainer(load_config(overrides=[*base, "data.count=80"]), tmp_path / "ok", quiet=True)
+    assert all(len(m) == 2 for m in trainer.task.image_groups.values())
+    x0, *_ = trainer.make_batch(0)
+    idx = trainer.task.plan.indices(0, 80)
+    data = trainer.task.dataset
+    for b, i in enumerate(idx):  # the identity autoencoder: the image is a frame of clip i ± 40, same caption
+        mate = data[(i + 40) % 80]["video"]
+        assert any(torch.equal(x0[b, :, 4], mate[:, f]) for f in range(4))

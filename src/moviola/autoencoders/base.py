@@ -26,6 +26,9 @@ class Autoencoder(nn.Module):
     temporal_factor: int = 1
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
+    # each latent frame is the encoding of its pixel frame(s) alone (a frame-wise encoder); a causal VAE's
+    # later latent frames also see earlier frames, so only its first latent frame is an image's encoding
+    encodes_frames_alone: bool = True
 
     def encode(self, video: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:

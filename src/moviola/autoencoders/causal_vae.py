@@ -206,6 +206,8 @@ class CausalVAE(Autoencoder):
     where ``spatial_downsample`` is True (MAGVIT-v2 defers time to the later levels).
     """
 
+    encodes_frames_alone = False  # latent frame k > 0 also sees the pixel frames before its own
+
     def __init__(self, in_channels: int = 3, base_channels: int = 128, channel_mults: Sequence[int] = (1, 2, 2, 4),
                  num_res_blocks: int = 2, temporal_downsample: Sequence[bool] = (False, True, True),
                  spatial_downsample: Sequence[bool] = (True, True, True), latent_channels: int = 8,

@@ -354,6 +354,13 @@ class MovingShapes(Dataset):
             self._cache[index] = item
         return item
 
+    def caption_of(self, index: int) -> str:
+        """Clip ``index``'s caption without rendering it (the split's combinations cycle with the index)."""
+        if not -self.count <= index < self.count:
+            raise IndexError(f"index {index} out of range for {self.count} clips")
+        table = combos(self.split)
+        return caption(*table[(int(index) % self.count) % len(table)])
+
     def __getitem__(self, index: int) -> dict:
         from moviola.video import from_uint8
 

@@ -19,7 +19,7 @@ from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
 from moviola.conditioning.text import build_text
 from moviola.config import ConfigError, config_from_json, to_dict
-from moviola.data.joint import extra_image_frames
+from moviola.data.joint import caption_groups, extra_image_frames
 from moviola.diffusion import build_schedule, training_losses  # training_losses: looked up here at each step
 from moviola.io.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_name
 from moviola.models.registry import FAMILIES, build_model
@@ -120,6 +120,7 @@ class DiffusionTask(Task):
         self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
         if cfg.data.latent_cache:
             self._cache_latents()
+        self.image_groups = self._image_groups()
         self.schedule = build_schedule(cfg.diffusion)
         model = build_model(cfg.model, cfg.conditions, self.autoencoder.latent_channels).to(self.device)
         if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
@@ -142,9 +143,6 @@ class DiffusionTask(Task):
     def _cache_latents(self) -> None:
         """Train on latents encoded once (data.latent_cache) instead of encoding every step."""
         cfg = self.cfg
-        if cfg.data.use_image_num:
-            raise ConfigError("data.latent_cache with data.use_image_num is not supported: the extra image "
-                              "frames are read as pixels; turn one of them off")
         if cfg.data.num_workers and self.device.type == "cuda":
             raise ConfigError("data.latent_cache encodes in the data loader, and CUDA cannot run in forked "
                               "DataLoader workers: set data.num_workers=0 (the cached latents are cheap to read)")
@@ -154,6 +152,18 @@ class DiffusionTask(Task):
         filled = self.dataset.fill(cfg.train.batch_size, progress=not self.quiet)  # batched: fast
         if filled:
             self.log(f"latent cache: encoded {filled} clips into {self.dataset.dir}")
+
+    def _image_groups(self) -> Optional[dict[str, list[int]]]:
+        """With text and joint images: the clips of each caption, where a video's images come from (data/joint.py)."""
+        if not (self.cfg.data.use_image_num and self.text is not None):
+            return None
+        groups = caption_groups(self.dataset)
+        alone = [c for c, members in groups.items() if len(members) < 2]
+        if alone:
+            raise ConfigError(f"data.use_image_num > 0 with text: a video's images come from other clips with its "
+                              f"caption (captions are per video), and {len(alone)} caption(s) have one clip only, "
+                              f"e.g. {alone[0]!r}; give each caption two clips or more, or set data.use_image_num=0")
+        return groups
 
     # ---------------------------------------------------------------- one step
     def make_batch(self, step: int, batch: Optional[dict] = None
@@ -184,8 +194,12 @@ class DiffusionTask(Task):
         labels = batch.get("label")
         if cfg.data.use_image_num:  # Latte+IMG, W.A.L.T: single frames of other clips after each video (data/joint.py)
             idx = self.plan.indices(step, len(self.dataset))
-            images, image_labels = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step)
-            x0 = torch.cat([x0, self._encode_images(images.to(self.device))], dim=2)  # (B, c, T+n, h, w)
+            cached = "latent" in batch  # then the images are cached latent frames that encode an image alone
+            images, image_labels = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step,
+                                                      groups=self.image_groups,
+                                                      first_only=cached and not self.autoencoder.encodes_frames_alone)
+            images = images.to(self.device)
+            x0 = torch.cat([x0, images.to(x0.dtype) if cached else self._encode_images(images)], dim=2)  # (B, c, T+n, h, w)
             if labels is not None and image_labels is not None:  # a label per frame: (B, T+n)
                 labels = torch.cat([labels[:, None].expand(-1, frames), image_labels], dim=1)
         return x0, labels, frames
