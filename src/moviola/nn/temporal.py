@@ -1,22 +1,30 @@
-"""Temporal layers for frame-wise networks (Video LDM, Blattmann et al. 2023, §3.1): a 3-D convolution
-residual block over (T, H, W), self-attention over the frames at each pixel, and the learned α-blend
-that mixes their output into the frame-wise path.
+"""Temporal layers for frame-wise networks (Video LDM, Blattmann et al. 2023, §3.1).
 
-They work on frames ``(B·T, C, H, W)``, as the 2-D network around them does, and reshape to
-``(B, C, T, H, W)`` (convolution) or ``(B·H·W, T, C)`` (attention) and back. Each branch returns
-its residual with its last layer zero-initialized, so a network that gains these layers starts out
-computing exactly what it computed before. Used by the temporal decoder (autoencoders/) today and
-by Video LDM's U-Net next.
+- ``TemporalConvBlock``: a 3-D convolution residual block over (T, H, W).
+- ``TemporalSelfAttention``: self-attention over the frames at each pixel, with RoPE on the frame
+  index (a relative encoding), an optional local window (frame i sees frames j with |i − j| ≤ window)
+  and an optional text cross-attention sublayer (``context_dim``).
+- ``AlphaBlend``: ``h + (1 − α) · branch(h)``, α learned (sigmoid of a logit) or fixed.
+
+All work on frames ``(B·T, C, H, W)``, as the 2-D network around them does, with ``frames`` = T
+frames per clip. Joint image-video batches: the last ``num_images`` frames of each clip are single
+images; the temporal branches act on the first ``T − num_images`` frames only (images never reach
+the video frames), return a residual of exactly 0 for the images, and ``AlphaBlend`` passes them
+through unchanged (α = 1 for images). Each branch's last layer is zero-initialized, so a network
+that gains these layers starts out computing exactly what it computed before; with the defaults
+(``num_images=0``, no window, no text) the computation is the one the temporal decoder
+(autoencoders/) was trained with. Used by the temporal decoder and by Video LDM's U-Net.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moviola.nn.attention import Attention
+from moviola.nn.attention import Attention, CrossAttention
 from moviola.nn.embeddings import rope_1d
 
 
@@ -37,13 +45,49 @@ def _standard_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_frames(x: torch.Tensor, frames: int, num_images: int) -> int:
+    """Validate ``frames``/``num_images`` against a frame batch x (B·T, C, H, W); returns B."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a frame batch (B·T, C, H, W), got shape {tuple(x.shape)}")
+    if not _is_int(frames) or frames < 1:
+        raise ValueError(f"frames must be a positive int (frames per clip), got {frames!r}")
+    if x.shape[0] % frames:
+        raise ValueError(f"frames={frames} does not divide the batch of {x.shape[0]} frames")
+    if not _is_int(num_images) or not 0 <= num_images < frames:
+        raise ValueError(f"num_images must be an int in [0, frames) = [0, {frames}) (the last num_images "
+                         f"frames of each clip are images; at least one video frame), got {num_images!r}")
+    return x.shape[0] // frames
+
+
+def _video_frames(x: torch.Tensor, B: int, frames: int, num_images: int) -> torch.Tensor:
+    """The first ``frames − num_images`` frames of each clip: (B·V, C, H, W)."""
+    _, C, H, W = x.shape
+    V = frames - num_images
+    return x.reshape(B, frames, C, H, W)[:, :V].reshape(B * V, C, H, W)
+
+
+def _with_zero_images(r: torch.Tensor, B: int, num_images: int) -> torch.Tensor:
+    """A residual (B·V, C, H, W) of the video frames -> (B·T, C, H, W), exactly 0 for the images."""
+    BV, C, H, W = r.shape
+    V = BV // B
+    r = r.reshape(B, V, C, H, W)
+    r = torch.cat([r, r.new_zeros(B, num_images, C, H, W)], dim=1)  # (B, T, C, H, W)
+    return r.reshape(B * (V + num_images), C, H, W)
+
+
 class TemporalConvBlock(nn.Module):
     """Video LDM's 3-D convolution residual block; returns the residual (not x + residual).
 
     GroupNorm → SiLU → Conv3d → GroupNorm → SiLU → Conv3d (zero-initialized). The norms take
     statistics per frame, as the 2-D decoder's do, so frames interact only through the
     convolutions' temporal kernel. Time is padded by repeating the edge frames: the first and last
-    frame see a still video, not black frames, and an image (T = 1) is a still video.
+    frame see a still video, not black frames, and an image (T = 1) is a still video. With
+    ``num_images`` > 0 the block runs on each clip's video frames alone (the images are not part of
+    the video, so the last video frame is the edge) and the images' residual is 0.
     """
 
     def __init__(self, channels: int, groups: int, temporal_kernel: int = 3, spatial_kernel: int = 1,
@@ -69,10 +113,18 @@ class TemporalConvBlock(nn.Module):
             v = F.pad(v, (0, 0, 0, 0, p, p), mode="replicate")  # (B, C, T + 2p, H, W)
         return _to_frames(conv(v))  # (B·T, C, H, W)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def _residual(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         x = _standard_layout(x)
         h = self._conv(self.conv1, F.silu(self.norm1(x)), frames)
         return self._conv(self.conv2, F.silu(self.norm2(h)), frames)
+
+    def forward(self, x: torch.Tensor, frames: int, num_images: int = 0) -> torch.Tensor:
+        """x: (B·T, C, H, W), T = frames, the last num_images frames of each clip images -> residual, same shape."""
+        B = _check_frames(x, frames, num_images)
+        if num_images == 0:
+            return self._residual(x, frames)
+        r = self._residual(_video_frames(x, B, frames, num_images), frames - num_images)  # (B·V, C, H, W)
+        return _with_zero_images(r, B, num_images)
 
 
 class TemporalSelfAttention(nn.Module):
@@ -80,43 +132,140 @@ class TemporalSelfAttention(nn.Module):
 
     Positions are rotary (RoPE) on the frame index: the scores depend only on frame offsets, the
     relative sinusoidal encoding Video LDM uses so that clips longer than the training clips work.
+    ``window``: frame i attends only to frames j with |i − j| ≤ window (a boolean attention mask;
+    the paper masks at 8 frames to sample longer clips). ``context_dim``: a text cross-attention
+    sublayer after the self-attention (LayerNorm → cross-attention of every pixel's frames to the
+    clip's text tokens, zero-initialized output), as in a transformer block:
+
+        y = x + SelfAttn(GroupNorm(x));   residual = y + CrossAttn(LayerNorm(y), text) − x
+
+    forward then needs ``context`` (B, L, context_dim) and takes an optional ``context_mask``
+    (B, L), True = a real token. With ``num_images`` > 0 only each clip's video frames attend (to
+    each other), and the images' residual is 0.
     """
 
-    def __init__(self, channels: int, groups: int, head_dim: int = 64, eps: float = 1e-6):
+    def __init__(self, channels: int, groups: int, head_dim: int = 64, eps: float = 1e-6,
+                 window: int | None = None, context_dim: int | None = None):
         super().__init__()
         heads = max(1, channels // head_dim)
         if channels % heads or (channels // heads) % 2:
             raise ValueError(f"temporal attention over {channels} channels needs an even head width; "
                              f"{heads} heads of {channels / heads:g} channels does not work (change head_dim)")
+        if window is not None and (not _is_int(window) or window < 0):
+            raise ValueError(f"window must be None or an int >= 0 (frames i, j attend if |i - j| <= window), "
+                             f"got {window!r}")
+        if context_dim is not None and (not _is_int(context_dim) or context_dim < 1):
+            raise ValueError(f"context_dim must be None or a positive int (the text width), got {context_dim!r}")
+        self.window = window
+        self.context_dim = context_dim
         self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.attn = Attention(channels, heads)
         nn.init.zeros_(self.attn.proj.weight)  # the block starts as exactly zero: the network is unchanged
         nn.init.zeros_(self.attn.proj.bias)
+        if context_dim is not None:
+            self.cross_norm = nn.LayerNorm(channels, eps=eps)
+            self.cross_attn = CrossAttention(channels, context_dim, heads)
+            nn.init.zeros_(self.cross_attn.proj.weight)  # zero too: text adds nothing at first
+            nn.init.zeros_(self.cross_attn.proj.bias)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def window_mask(self, frames: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """(T, T) bool, True where frame i may attend to frame j (|i − j| ≤ window); None = all frames."""
+        if self.window is None or self.window >= frames - 1:
+            return None  # every pair is allowed: no mask (same result, faster kernels)
+        idx = torch.arange(frames, device=device)
+        return (idx[:, None] - idx[None, :]).abs() <= self.window
+
+    def _check_context(self, B: int, context: torch.Tensor | None,
+                       context_mask: torch.Tensor | None) -> None:
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("context/context_mask given to a TemporalSelfAttention without text "
+                                 "cross-attention (construct it with context_dim)")
+            return
+        if context is None:
+            raise ValueError(f"context is required: this TemporalSelfAttention has text cross-attention "
+                             f"(context_dim={self.context_dim}); pass context of shape (B, L, {self.context_dim})")
+        if context.dim() != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+            raise ValueError(f"context must have shape (B, L, context_dim) = ({B}, L, {self.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
+            raise ValueError(f"context_mask must have shape (B, L) = {tuple(context.shape[:2])}, "
+                             f"got {tuple(context_mask.shape)}")
+
+    def _residual(self, x: torch.Tensor, frames: int, context: torch.Tensor | None,
+                  context_mask: torch.Tensor | None) -> torch.Tensor:
         BT, C, H, W = x.shape
         B = BT // frames
-        h = self.norm(_standard_layout(x)).reshape(B, frames, C, H * W)  # (B, T, C, H·W)
+        x = _standard_layout(x)
+        h = self.norm(x).reshape(B, frames, C, H * W)  # (B, T, C, H·W)
         h = h.permute(0, 3, 1, 2).reshape(B * H * W, frames, C)  # (B·H·W, T, C)
         cos, sin = rope_1d(frames, self.attn.head_dim)
-        out = self.attn(h, rope=(cos.to(x.device), sin.to(x.device)))  # (B·H·W, T, C)
+        out = self.attn(h, attn_mask=self.window_mask(frames, x.device),
+                        rope=(cos.to(x.device), sin.to(x.device)))  # (B·H·W, T, C)
+        if self.context_dim is not None:
+            x_seq = x.reshape(B, frames, C, H * W).permute(0, 3, 1, 2).reshape(B * H * W, frames, C)
+            y = x_seq + out  # the stream after the self-attention sublayer, (B·H·W, T, C)
+            # Cross-attention treats queries independently, so every pixel's frame sequence of clip b
+            # attends to clip b's text as one query sequence of H·W·T tokens: the text (B, L, D) is
+            # projected once per clip and shared by all its pixels (no loop, no copy of the text).
+            q = self.cross_norm(y).reshape(B, H * W * frames, C)  # (B, H·W·T, C)
+            cross = self.cross_attn(q, context, context_mask)  # (B, H·W·T, C)
+            out = out + cross.reshape(B * H * W, frames, C)
         out = out.reshape(B, H * W, frames, C).permute(0, 2, 3, 1)  # (B, T, C, H·W)
         return out.reshape(BT, C, H, W)  # (B·T, C, H, W)
 
+    def forward(self, x: torch.Tensor, frames: int, num_images: int = 0, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B·T, C, H, W), T = frames, the last num_images frames of each clip images -> residual, same shape."""
+        B = _check_frames(x, frames, num_images)
+        self._check_context(B, context, context_mask)
+        if num_images == 0:
+            return self._residual(x, frames, context, context_mask)
+        xv = _video_frames(x, B, frames, num_images)  # (B·V, C, H, W)
+        r = self._residual(xv, frames - num_images, context, context_mask)
+        return _with_zero_images(r, B, num_images)
+
 
 class AlphaBlend(nn.Module):
-    """``α · h + (1 − α) · (h + branch(h))`` with α = sigmoid(mix_logit), one scalar per layer."""
+    """``α · h + (1 − α) · (h + branch(h))`` = ``h + (1 − α) · branch(h)``, one scalar α per layer.
 
-    def __init__(self, branch: nn.Module, alpha_init: float = 0.5):
+    ``learned=True``: α = sigmoid(mix_logit), a parameter, alpha_init in (0, 1). ``learned=False``:
+    α is the fixed buffer ``fixed_alpha``, alpha_init in [0, 1]. Image frames (the last
+    ``num_images`` of each clip) come out exactly as ``h`` (α = 1 for them), and so does every frame
+    when α = 1 (a logit of +inf, or a fixed α of 1: the image model), with no 0·inf NaN.
+    """
+
+    def __init__(self, branch: nn.Module, alpha_init: float = 0.5, learned: bool = True):
         super().__init__()
-        if not 0.0 < alpha_init < 1.0:
-            raise ValueError(f"alpha_init must be in (0, 1) (α = sigmoid(logit)), got {alpha_init}")
+        if not isinstance(alpha_init, numbers.Real) or isinstance(alpha_init, bool):
+            # one ValueError per bad argument, the type included
+            raise ValueError(f"alpha_init must be a number, got {alpha_init!r}")  # noqa: TRY004
+        if learned and not 0.0 < alpha_init < 1.0:
+            raise ValueError(f"alpha_init must be in (0, 1) when learned (α = sigmoid(logit)), got {alpha_init}")
+        if not learned and not 0.0 <= alpha_init <= 1.0:
+            raise ValueError(f"alpha_init must be in [0, 1] for a fixed α, got {alpha_init}")
         self.branch = branch
-        self.mix_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
+        self.learned = bool(learned)
+        if self.learned:
+            self.mix_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
+        else:
+            self.register_buffer("fixed_alpha", torch.tensor(float(alpha_init)))
 
     @property
     def alpha(self) -> torch.Tensor:
-        return torch.sigmoid(self.mix_logit)
+        return torch.sigmoid(self.mix_logit) if self.learned else self.fixed_alpha
 
-    def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
-        return h + (1.0 - self.alpha) * self.branch(h, frames)
+    def forward(self, h: torch.Tensor, frames: int, num_images: int = 0, **branch_kwargs) -> torch.Tensor:
+        """h: (B·T, C, H, W), T = frames; branch_kwargs (e.g. context, context_mask) go to the branch."""
+        B = _check_frames(h, frames, num_images)
+        scale = 1.0 - self.alpha  # 0-dim, in [0, 1]
+        r = self.branch(h, frames, num_images=num_images, **branch_kwargs)
+        keep = scale == 0  # α = 1: the output is exactly h
+        if num_images:
+            is_image = torch.arange(frames, device=h.device) >= frames - num_images  # (T,)
+            keep = keep | is_image.repeat(B)[:, None, None, None]  # (B·T, 1, 1, 1): images are exactly h
+        # Where h is kept, the branch output becomes -0.0: h + (1 − α)·(−0.0) is h bit for bit (signed
+        # zeros included), and no 0·inf NaN appears, in the output or in the logit's gradient, even
+        # for a non-finite branch output. Elsewhere r is unchanged: h + (1 − α)·r as always.
+        r = torch.where(keep, -0.0, r)
+        return h + scale * r
