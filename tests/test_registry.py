@@ -22,6 +22,8 @@ TINY = {
     "latte": ["model.patch_size=4", "model.hidden_size=16", "model.depth=2", "model.num_heads=2"],
     "walt": ["model.patch_size=2", "model.hidden_size=16", "model.depth=2", "model.num_heads=2",
              "model.pos_grid=[4,8,8]"],
+    "video_ldm": ["model.block_out_channels=[16,32]", "model.layers_per_block=1", "model.num_heads=2",
+                  "model.norm_num_groups=8", "model.temporal_head_channels=8"],
 }
 B, C, T, S = 2, 3, 4, 8
 

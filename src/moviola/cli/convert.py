@@ -1,4 +1,5 @@
-"""``moviola convert``: foreign checkpoints in (official Latte, diffusers Latte) and a diffusers Latte out."""
+"""``moviola convert``: foreign checkpoints in (official Latte, diffusers Latte, a diffusers U-Net as Video LDM)
+and a diffusers Latte out."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from moviola.cli.common import check_output
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("convert", help="import or export weights: official Latte .pt, diffusers Latte")
+    c = sub.add_parser("convert", help="import or export weights: official Latte .pt, diffusers Latte, diffusers U-Net")
     csub = c.add_subparsers(dest="source", required=True)
     co = csub.add_parser("latte-official", help="an official Latte .pt (ffs, sky, taichi, ucf101) -> a checkpoint dir")
     co.add_argument("src", help="the .pt file ({'ema', 'model'} or a bare state dict)")
@@ -25,6 +26,15 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     cd.add_argument("--text-encoder", help="the T5 encoder directory (default: text_encoder/ beside transformer/, "
                                            "if there is one)")
     cd.set_defaults(fn=_cmd_convert)
+    cu = csub.add_parser("diffusers-unet", help="a diffusers UNet2DConditionModel (Stable Diffusion) -> a Video LDM "
+                         "checkpoint dir (the image model; add temporal layers with a temporal stage)")
+    cu.add_argument("src", help="its save_pretrained directory (or a pipeline root with unet/)")
+    cu.add_argument("out", help="output checkpoint directory")
+    cu.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside unet/)")
+    cu.add_argument("--text-encoder", help="the text encoder directory (default: text_encoder/ beside unet/, if any)")
+    cu.add_argument("--temporal-layers", default="none", choices=["none", "conv_attention", "attention", "conv"],
+                    help="write fresh temporal layers too (they start at zero: the output is the image model's)")
+    cu.set_defaults(fn=_cmd_convert)
     ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
     ce.add_argument("src", help="a checkpoint directory or a run directory")
     ce.add_argument("out", help="output directory (config.json + diffusion_pytorch_model.safetensors)")
@@ -40,6 +50,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "latte-official":
         out = convert.convert_official(args.src, args.out, vae=args.vae, num_heads=args.num_heads,
                                        base_config=args.config)
+    elif args.source == "diffusers-unet":
+        out = convert.import_diffusers_unet(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder,
+                                            temporal_layers=args.temporal_layers)
     elif args.source == "diffusers-latte":
         out = convert.import_diffusers(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
     else:

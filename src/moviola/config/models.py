@@ -299,8 +299,126 @@ class WaltConfig:
             raise ConfigError("conditions.noise_level (noise-conditioning augmentation) needs conditions.low_res")
 
 
+# Video LDM's U-Net sizes. tiny is ours (Moving Shapes' 8×8 latents); sd15 and sd21 are Stable Diffusion's
+# U-Nets (1.x: 8 heads, conv projections; 2.x: 64-channel heads, linear projections), whose weights
+# `moviola convert diffusers-unet` loads. attention_resolutions are downsampling factors, as in LDM's configs.
+VIDEO_LDM_SIZES: dict[str, dict] = {
+    "tiny": dict(block_out_channels=(64, 128), layers_per_block=1, attention_resolutions=(1, 2), num_heads=4,
+                 head_channels=None, norm_num_groups=16, use_linear_projection=True),
+    "sd15": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_resolutions=(1, 2, 4),
+                 num_heads=8, head_channels=None, norm_num_groups=32, use_linear_projection=False),
+    "sd21": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_resolutions=(1, 2, 4),
+                 num_heads=None, head_channels=64, norm_num_groups=32, use_linear_projection=True),
+}
+VIDEO_LDM_TEMPORAL = ("conv_attention", "attention", "conv", "none")
+
+
+@dataclass(frozen=True)
+class UNetDims:
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: Optional[int]
+    head_channels: Optional[int]
+    norm_num_groups: int
+    use_linear_projection: bool
+
+    def heads(self) -> tuple[int, ...]:
+        """Attention heads per level."""
+        if self.head_channels:
+            return tuple(ch // self.head_channels for ch in self.block_out_channels)
+        return (self.num_heads,) * len(self.block_out_channels)
+
+
+@dataclass(frozen=True)
+class VideoLDMConfig:
+    """Video LDM (Blattmann et al. 2023, "Align your Latents"): an image LDM U-Net (Stable Diffusion's layout,
+    loadable from diffusers) with α-blended temporal layers after its spatial layers, trained in two stages
+    (docs/video_ldm.md). The defaults are the paper's T2V model."""
+
+    family: Literal["video_ldm"] = "video_ldm"
+    size: str = "tiny"  # a named U-Net (tiny, sd15, sd21); the fields below override it
+    block_out_channels: Optional[tuple[int, ...]] = None  # channels per level
+    layers_per_block: Optional[int] = None  # resnets per level (the up path has one more)
+    attention_resolutions: Optional[tuple[int, ...]] = None  # downsampling factors with spatial transformers
+    num_heads: Optional[int] = None  # heads per spatial attention (SD 1.x)...
+    head_channels: Optional[int] = None  # ...or channels per head (SD 2.x); set one of the two
+    norm_num_groups: Optional[int] = None
+    use_linear_projection: Optional[bool] = None  # the transformers' proj_in/out: linear (SD 2.x) or 1×1 conv
+    transformer_layers: int = 1  # transformer blocks per spatial transformer
+    learned_sigma: bool = False
+    # temporal layers (paper §3.1): a 3-D conv residual block after each resnet and a temporal attention
+    # after each spatial transformer (conv_attention), either alone (the paper's attention-only ablation),
+    # or none (the image model)
+    temporal_layers: Literal["conv_attention", "attention", "conv", "none"] = "conv_attention"
+    temporal_mix: Literal["learned", "fixed"] = "learned"  # α = sigmoid(learned scalar) per layer, or fixed
+    alpha_init: float = 0.5  # α at initialization (fixed: its value; 1 = the image model)
+    temporal_window: Optional[int] = 8  # a frame attends to frames at most this far away (null: all)
+    temporal_text: bool = True  # text cross-attention in the temporal attention (the paper's T2V model)
+    temporal_head_channels: int = 64
+    temporal_kernel: int = 3  # the 3-D convolutions' kernel in time
+
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level"})
+    joint_images: ClassVar[bool] = True  # image frames bypass every temporal layer (α = 1 for them)
+    RANGES: ClassVar[tuple] = (("model.layers_per_block", 1, 16), ("model.num_heads", 1, None),
+                               ("model.head_channels", 1, None), ("model.norm_num_groups", 1, None),
+                               ("model.transformer_layers", 1, 64), ("model.alpha_init", 0.0, 1.0),
+                               ("model.temporal_window", 0, None), ("model.temporal_head_channels", 1, None),
+                               ("model.temporal_kernel", 1, 15))
+
+    @staticmethod
+    def migrate(section: dict) -> list[tuple[str, str]]:
+        return []
+
+    def dims(self) -> UNetDims:
+        """The U-Net's shape: the named size, overridden by the fields that are set; checked."""
+        if self.size not in VIDEO_LDM_SIZES:
+            raise ConfigError(f"model.size {self.size!r} is not one of {list(VIDEO_LDM_SIZES)}")
+        base = dict(VIDEO_LDM_SIZES[self.size])
+        if self.num_heads is not None or self.head_channels is not None:  # one replaces the other
+            base.update(num_heads=self.num_heads, head_channels=self.head_channels)
+        for key in ("block_out_channels", "layers_per_block", "attention_resolutions", "norm_num_groups",
+                    "use_linear_projection"):
+            if getattr(self, key) is not None:
+                base[key] = getattr(self, key)
+        dims = UNetDims(**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+        channels = dims.block_out_channels
+        if not channels or any(c <= 0 for c in channels):
+            raise ConfigError(f"model.block_out_channels must be positive channel counts, got {list(channels)}")
+        if (dims.num_heads is None) == (dims.head_channels is None):
+            raise ConfigError("set one of model.num_heads (SD 1.x) and model.head_channels (SD 2.x), not both")
+        factors = [2 ** i for i in range(len(channels))]
+        bad = [r for r in dims.attention_resolutions if r not in factors]
+        if bad:
+            raise ConfigError(f"model.attention_resolutions {bad} are not levels of this U-Net: its "
+                              f"{len(channels)} levels have downsampling factors {factors}")
+        for c, heads in zip(channels, dims.heads()):
+            if c % dims.norm_num_groups:
+                raise ConfigError(f"model.block_out_channels has {c} channels, not divisible by "
+                                  f"model.norm_num_groups={dims.norm_num_groups}")
+            if not heads or c % heads:
+                raise ConfigError(f"{c} channels do not split into {heads} heads (model.num_heads / "
+                                  "model.head_channels)")
+        return dims
+
+    def validate(self, run) -> None:
+        """Video LDM's rules against the rest of the run: latent size, alpha, conditions."""
+        d, c = run.data, run.conditions
+        dims = self.dims()
+        factor = autoencoder_spatial_factor(run.autoencoder) * 2 ** (len(dims.block_out_channels) - 1)
+        if d.size % factor:
+            raise ConfigError(f"data.size={d.size} is not divisible by autoencoder factor × U-Net downsampling = "
+                              f"{factor}: pick a multiple of {factor} or fewer model.block_out_channels levels")
+        if self.temporal_mix == "learned" and not 0.0 < self.alpha_init < 1.0:
+            raise ConfigError(f"model.alpha_init={self.alpha_init}: a learned α = sigmoid(logit) starts inside "
+                              "(0, 1); use model.temporal_mix=fixed for α = 0 or 1")
+        if c.noise_level and not c.low_res:
+            raise ConfigError("conditions.noise_level (noise augmentation of the low-resolution input) needs "
+                              "conditions.low_res")
+
+
 # family -> its config class; models/registry.py pairs each with its model class
-MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig, "walt": WaltConfig}
+MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig, "walt": WaltConfig, "video_ldm": VideoLDMConfig}
 
 
 def _family_keys() -> dict[str, set[str]]:

@@ -1,5 +1,6 @@
 """Weights from elsewhere: official Latte checkpoints, diffusers' LatteTransformer3DModel (both
-ways), and DiT image checkpoints as the initialization of a video model.
+ways), diffusers' UNet2DConditionModel (Stable Diffusion) as a Video LDM, and DiT image checkpoints as the
+initialization of a video model.
 
 Every converter renames and reshapes tensors only; none runs code from the file it reads
 (``.pt`` files go through ``load_foreign_state_dict``, i.e. ``torch.load(weights_only=True)``).
@@ -7,8 +8,10 @@ Every converter renames and reshapes tensors only; none runs code from the file 
 from moviola.interop.common import write_checkpoint_dir
 from moviola.interop.diffusers_latte import (diffusers_to_moviola, export_diffusers, import_diffusers,
                                                     moviola_to_diffusers)
+from moviola.interop.diffusers_unet import import_diffusers_unet
 from moviola.interop.dit_init import init_from_dit
 from moviola.interop.official import convert_official, official_to_moviola
 
-__all__ = ["convert_official", "diffusers_to_moviola", "export_diffusers", "import_diffusers", "init_from_dit",
+__all__ = ["convert_official", "diffusers_to_moviola", "export_diffusers", "import_diffusers", "import_diffusers_unet",
+           "init_from_dit",
            "moviola_to_diffusers", "official_to_moviola", "write_checkpoint_dir"]

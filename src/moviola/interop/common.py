@@ -9,7 +9,28 @@ from safetensors.torch import save_file
 
 from moviola.config import LATTE_SIZES, RunConfig, autoencoder_latent_channels, save_config
 from moviola.models.registry import build_model
-from moviola.io.checkpoint import check_state_dict, write_new_directory
+from moviola.io.checkpoint import CheckpointError, check_state_dict, load_foreign_state_dict, write_new_directory
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers model's save_pretrained weights
+
+
+def read_diffusers_weights(src: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a diffusers ``save_pretrained`` directory: safetensors, sharded safetensors or a .bin."""
+    import json
+
+    from safetensors.torch import load_file
+
+    index = src / f"{WEIGHTS}.index.json"
+    if (src / WEIGHTS).is_file():
+        return load_file(str(src / WEIGHTS))
+    if index.is_file():  # sharded
+        sd = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            sd.update(load_file(str(src / shard)))
+        return sd
+    if (src / "diffusion_pytorch_model.bin").is_file():
+        return load_foreign_state_dict(src / "diffusion_pytorch_model.bin")
+    raise CheckpointError(f"no {WEIGHTS} (nor a sharded index or .bin) in {src}")
 
 
 def named_size(hidden_size: int, num_heads: Optional[int] = None) -> Optional[str]:

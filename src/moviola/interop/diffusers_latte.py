@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from moviola.config import (AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, latent_frames,
                             load_config)
-from moviola.interop.common import named_size, write_checkpoint_dir
+from moviola.interop.common import WEIGHTS, named_size, read_diffusers_weights, write_checkpoint_dir
 from moviola.models.loading import load_model
-from moviola.io.checkpoint import CheckpointError, load_foreign_state_dict, resolve_checkpoint, write_new_directory
+from moviola.io.checkpoint import CheckpointError, resolve_checkpoint, write_new_directory
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 SCHEDULER = "scheduler_config.json"  # beside config.json: DDIMScheduler.from_pretrained(dir) reads it
 # the diffusers config values moviola's blocks implement (anything else is a different model)
 REQUIRED = {"norm_type": "ada_norm_single", "activation_fn": "gelu-approximate", "norm_elementwise_affine": False,
@@ -196,18 +195,7 @@ def _read_diffusers_dir(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = json.loads((src / "config.json").read_text())
     if config.get("_class_name") != "LatteTransformer3DModel":
         raise CheckpointError(f"{src}/config.json is a {config.get('_class_name')!r}, not a LatteTransformer3DModel")
-    index = src / f"{WEIGHTS}.index.json"
-    if (src / WEIGHTS).is_file():
-        sd = load_file(str(src / WEIGHTS))
-    elif index.is_file():  # sharded
-        sd = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            sd.update(load_file(str(src / shard)))
-    elif (src / "diffusion_pytorch_model.bin").is_file():
-        sd = load_foreign_state_dict(src / "diffusion_pytorch_model.bin")
-    else:
-        raise CheckpointError(f"no {WEIGHTS} (nor a sharded index or .bin) in {src}")
-    return config, sd
+    return config, read_diffusers_weights(src)
 
 
 def import_diffusers(src: Union[str, Path], out_dir: Union[str, Path], vae: Optional[Union[str, Path]] = None,

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from moviola.config import ConditionsConfig, LatteConfig, WaltConfig
+from moviola.config import ConditionsConfig, LatteConfig, VideoLDMConfig, WaltConfig
 from moviola.models.latte import Latte
+from moviola.models.video_ldm import VideoLDM
 from moviola.models.walt import Walt
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "latte": (LatteConfig, Latte),
     "walt": (WaltConfig, Walt),
+    "video_ldm": (VideoLDMConfig, VideoLDM),
 }
 
 
