@@ -35,6 +35,15 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     cu.add_argument("--temporal-layers", default="none", choices=["none", "conv_attention", "attention", "conv"],
                     help="write fresh temporal layers too (they start at zero: the output is the image model's)")
     cu.set_defaults(fn=_cmd_convert)
+    cs = csub.add_parser("swap-spatial", help="a Video LDM with its spatial layers (U-Net, embeddings) taken from "
+                         "another video_ldm checkpoint, e.g. a personalized image model (the paper's DreamBooth transfer)")
+    cs.add_argument("video", help="the video_ldm video model (checkpoint or run directory): config and temporal layers")
+    cs.add_argument("image", help="a video_ldm checkpoint of the same spatial architecture (an image model, or "
+                    "another video model: its temporal layers are ignored): the spatial layers")
+    cs.add_argument("out", help="output checkpoint directory (config.json + model.safetensors + export.json)")
+    cs.add_argument("--weights", choices=["ema", "model"], default="ema",
+                    help="each checkpoint's EMA weights or its raw model weights (an export has one set)")
+    cs.set_defaults(fn=_cmd_convert)
     ce = csub.add_parser("to-diffusers", help="a text-conditioned moviola Latte -> a LatteTransformer3DModel directory")
     ce.add_argument("src", help="a checkpoint directory or a run directory")
     ce.add_argument("out", help="output directory (config.json + diffusion_pytorch_model.safetensors)")
@@ -53,6 +62,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     elif args.source == "diffusers-unet":
         out = convert.import_diffusers_unet(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder,
                                             temporal_layers=args.temporal_layers)
+    elif args.source == "swap-spatial":
+        from moviola.interop.swap_spatial import swap_report
+
+        out = convert.swap_spatial(args.video, args.image, args.out, weights=args.weights)
+        report = swap_report(out)
+        print(f"swapped {report['swapped_spatial_tensors']} spatial tensors from {args.image}; kept "
+              f"{report['kept_temporal_tensors']} temporal tensors of {args.video}")
     elif args.source == "diffusers-latte":
         out = convert.import_diffusers(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
     else:
