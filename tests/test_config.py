@@ -63,7 +63,9 @@ def test_presets_load_and_round_trip_through_yaml_and_json(preset, tmp_path):
         (tmp_path / "fvae").mkdir()
         (tmp_path / "fvae" / "config.json").write_text(json.dumps({"block_out_channels": [32, 64, 64]}))
         overrides.append(f"autoencoder.path={tmp_path / 'fvae'}")
-    if "kind: frame_vae" in preset.read_text() and "path: null" not in preset.read_text():  # the GPU presets: the VAE directory is given by the user
+    text = preset.read_text()
+    if "kind: frame_vae" in text and "path: null" not in text and "path: checkpoints/" not in text:
+        # the GPU presets: the VAE directory is given by the user (a preset on the shipped frame VAE needs none)
         from moviola.training.trainer import Trainer
 
         with pytest.raises(ConfigError, match=r"without autoencoder\.path is a new, untrained autoencoder"):

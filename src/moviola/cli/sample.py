@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -29,6 +30,9 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none (default: the checkpoint's "
                                              "sample.cfg)")
+    s.add_argument("--context-guidance", type=float, default=1.0, metavar="S",
+                   help="guidance scale on the given frames (--image), Video LDM's context guidance: "
+                        "f_cfg + (S - 1)(f(frames) - f(no frames)); 1 = none (default)")
     s.add_argument("--eta", type=float, help="DDIM eta, 0 = deterministic (default: the checkpoint's sample.eta)")
     s.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
@@ -98,7 +102,8 @@ def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompt
                                negative_prompt=args.negative_prompt, image=args.image,
                                num_videos=min(BATCH, n - start), num_frames=args.frames, height=args.size,
                                width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
-                               seed=args.seed + start, batch_size=BATCH, progress=not args.quiet))
+                               seed=args.seed + start, batch_size=BATCH, progress=not args.quiet,
+                               context_guidance=getattr(args, "context_guidance", 1.0)))
             bar.update(len(videos[-1]))
     return torch.cat(videos)
 
@@ -108,6 +113,8 @@ def _check_sample_args(args: argparse.Namespace) -> None:
     if args.num_videos <= 0:
         raise ValueError("--num-videos must be at least 1")
     check_numbers(args)
+    if not math.isfinite(getattr(args, "context_guidance", 1.0)):
+        raise ValueError(f"--context-guidance must be a finite number, got {args.context_guidance}")
     if args.out is None and args.out_dir is None:
         raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):

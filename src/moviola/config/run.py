@@ -26,8 +26,10 @@ class ConditionsConfig:
     # steer the rest: image-to-video (the first frame), prediction (a prefix), interpolation (the ends)
     context_frames: bool = False
     # which frames training gives: the first (image-to-video), a random prefix of 1..T/2 frames
-    # (prediction), the first and last (interpolation), or any of the three per example
-    context_mode: Literal["first", "prefix", "ends", "any"] = "first"
+    # (prediction), the first and last (interpolation), or any of these three per example; prefix2:
+    # the first 1 or 2 frames (Video LDM's prediction model: 0, 1 or 2 with context_dropout);
+    # keyframes: every 4th frame, 0, 4, 8, ... (Video LDM's interpolation model, T -> 4T)
+    context_mode: Literal["first", "prefix", "ends", "prefix2", "keyframes", "any"] = "first"
     context_dropout: float = 0.1  # train with no frame given
     image: bool = False  # image tokens from an image encoder (VideoCrafter 1's image-to-video)
     image_dropout: float = 0.1

@@ -25,6 +25,8 @@ def classifier_free_guidance(
     uncond: Optional[Conditioning],
     scale: float,
     learned_sigma: bool = False,
+    second_uncond: Optional[Conditioning] = None,
+    second_scale: float = 1.0,
 ) -> torch.Tensor:
     """``uncond + scale * (cond - uncond)`` on the mean channels, in one doubled batch.
 
@@ -32,17 +34,31 @@ def classifier_free_guidance(
     the last C channels (the variance interpolation) come from the conditional half unchanged,
     as in GLIDE / DiT / Latte. ``scale == 1`` returns exactly the conditional prediction and
     skips the unconditional pass.
+
+    ``second_uncond`` with ``second_scale != 1`` adds a second guidance term on the fields it nulls,
+    ``(second_scale - 1) * (cond - second_uncond)`` (Video LDM's context guidance: ``cond`` with its
+    given frames dropped): one more branch in the same batch. With ``second_scale == 1`` (or no
+    ``second_uncond``) the result is the one above, computed the same way.
     """
     t = _batch_timesteps(t, x_t)
-    if scale == 1.0:
+    second = second_uncond is not None and second_scale != 1.0
+    if scale == 1.0 and not second:
         return model(x_t, t, cond)
-    if uncond is None:
-        uncond = cond.null()
-    B, C = x_t.shape[0], x_t.shape[1]
-    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]))
-    out_c, out_u = out[:B], out[B:]  # (2B, ...) -> conditional half, unconditional half
-    mean_c, mean_u = out_c[:, :C], out_u[:, :C]
-    guided = mean_u + scale * (mean_c - mean_u)
+    branches = [cond]
+    if scale != 1.0:
+        branches.append(cond.null() if uncond is None else uncond)
+    if second:
+        branches.append(second_uncond)
+    B, C, k = x_t.shape[0], x_t.shape[1], len(branches)
+    out = model(torch.cat([x_t] * k), torch.cat([t] * k), Conditioning.cat(branches))
+    out_c = out[:B]  # (k·B, ...) -> the conditional part, then the unconditional one(s)
+    mean_c = out_c[:, :C]
+    guided = mean_c
+    if scale != 1.0:
+        mean_u = out[B:2 * B, :C]
+        guided = mean_u + scale * (mean_c - mean_u)
+    if second:
+        guided = guided + (second_scale - 1.0) * (mean_c - out[(k - 1) * B:, :C])
     if learned_sigma:
         return torch.cat([guided, out_c[:, C:]], dim=1)
     if out.shape[1] != C:
@@ -58,17 +74,21 @@ def guided_model_fn(
     scale: float,
     learned_sigma: bool = False,
     self_condition: bool = False,
+    second_uncond: Optional[Conditioning] = None,
+    second_scale: float = 1.0,
 ) -> Callable[..., torch.Tensor]:
     """A ``model_fn(x_t, t)`` for ``samplers.sample`` that applies classifier-free guidance.
 
     t may be a number, a (B,) or a (B, T) tensor. A single value is expanded to the batch.
     With ``self_condition`` it is ``model_fn(x_t, t, state)``: the sampler's previous x0 estimate
     (``state.pred_x0``; zeros at the first step, as self-conditioned training's first pass) goes
-    into ``self_cond`` of both branches, so guidance is on the other fields only.
+    into ``self_cond`` of every branch, so guidance is on the other fields only. ``second_uncond``
+    and ``second_scale``: a second guidance term (``classifier_free_guidance``).
     """
     if not self_condition:
         def model_fn(x_t: torch.Tensor, t: Union[int, torch.Tensor]) -> torch.Tensor:
-            return classifier_free_guidance(model, x_t, t, cond, uncond, scale, learned_sigma)
+            return classifier_free_guidance(model, x_t, t, cond, uncond, scale, learned_sigma,
+                                            second_uncond, second_scale)
         return model_fn
     if uncond is None and scale != 1.0:
         uncond = cond.null()  # before self_cond is set: the estimate is not nulled
@@ -77,5 +97,6 @@ def guided_model_fn(
         prev = state.pred_x0 if state.pred_x0 is not None else torch.zeros_like(x_t)
         c = dataclasses.replace(cond, self_cond=prev)
         u = None if uncond is None else dataclasses.replace(uncond, self_cond=prev)
-        return classifier_free_guidance(model, x_t, t, c, u, scale, learned_sigma)
+        s = None if second_uncond is None else dataclasses.replace(second_uncond, self_cond=prev)
+        return classifier_free_guidance(model, x_t, t, c, u, scale, learned_sigma, s, second_scale)
     return self_conditioned_fn

@@ -15,6 +15,16 @@ prompt, when one is given), the null class for labels. Given frames stay in the 
 branch when there is a prompt or a class to guide on, and are nulled ("no frame given") only when
 they are the sole condition.
 
+Context guidance (Video LDM, Blattmann et al. 2023) guides on the given frames with its own scale
+``context_guidance`` = s: the model output is ``f_cfg + (s − 1)·(f(c, S) − f(c, ∅_S))``, ``f_cfg``
+being the classifier-free guided output above, ``f(c, S)`` the conditional branch with the frames
+and ``f(c, ∅_S)`` the same condition with the frames dropped (context and mask zeros, as training's
+``context_dropout``). It costs one more model evaluation per step, in the same batch, and none at
+s = 1, which gives exactly the output without it. When the frames are the sole condition the
+unconditional branch is ``f(∅_S)`` already, so the two guidances add: one guided pair at scale
+``cfg + s − 1``. The paper uses s ≥ 1; any finite s is taken, as for ``cfg`` (s < 1 weakens the
+frames' pull; at ``cfg=1``, s = 0 gives the output with the frames dropped).
+
 Given frames (a model with context frames): ``image=`` is frame 0 (image-to-video); ``frames=``
 maps any frame index to an image (prediction from a first frame, interpolation between the ends,
 any keyframes). An image is resized to cover the frame size keeping its aspect ratio, then
@@ -25,13 +35,15 @@ seed ``seed + i`` and draws every later noise (DDPM, DDIM with eta > 0) from its
 a video is a pure function of its seed and its condition, whatever the batch it was made in.
 
 Arguments are checked before anything is encoded or sampled: a wrong type is a TypeError, a value
-out of range (a NaN or infinite ``cfg``, a negative ``eta``, ``steps`` outside 1..num_timesteps, a
-frame count, size, ``num_videos`` or ``batch_size`` below 1, an unknown sampler) a ValueError
-naming the argument. Any finite ``cfg`` is allowed (negative guidance included); numpy numbers are
+out of range (a NaN or infinite ``cfg`` or ``context_guidance``, a negative ``eta``, ``steps``
+outside 1..num_timesteps, a frame count, size, ``num_videos`` or ``batch_size`` below 1, an unknown
+sampler) a ValueError naming the argument. Any finite ``cfg`` is allowed (negative guidance included),
+and any finite ``context_guidance``; numpy numbers are
 taken for ints and floats, bools are not. A request the model cannot serve well runs, with one
 ``UserWarning``: more frames than it was trained on (fewer are not warned about: every position
 was seen in training) or any other frame size; ``eta`` with a sampler that does not read it (only
-DDIM does); ``cfg`` with nothing to guide on; a negative prompt at ``cfg=1``; and, for a text model
+DDIM does); ``cfg`` with nothing to guide on; ``context_guidance`` other than 1 with no frame
+given; a negative prompt at ``cfg=1``; and, for a text model
 trained on Moving Shapes, a prompt with no word of that vocabulary (the empty prompt is
 unconditional and never warned about).
 """
@@ -51,7 +63,7 @@ from moviola.config import RunConfig
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.schedule import randn
 from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
-                                      given_frames, checked_int, warn)
+                                      given_frames, checked_int, checked_real, warn)
 from moviola.utils import resolve_device
 
 ImageLike = Union[str, Path, torch.Tensor]
@@ -234,22 +246,32 @@ class Pipeline:
     # ---------------------------------------------------------------- step 2: denoise
     def denoise(self, conds: Conditions, x_T: torch.Tensor, generators: Sequence[torch.Generator], scale: float,
                 sampler: str, steps: int, eta: float, progress: bool = False,
-                plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+                plan: Optional[torch.Tensor] = None, context_guidance: float = 1.0) -> torch.Tensor:
         """A latent batch from its start noise ``x_T`` under classifier-free guidance of strength ``scale``.
 
         ``plan``: a ``(steps, T)`` timestep plan (diffusion/plans.py: per-frame levels, clean frames) instead
-        of ``steps`` evenly spaced levels shared by every frame.
+        of ``steps`` evenly spaced levels shared by every frame. ``context_guidance``: the scale s of
+        context guidance on the given frames (module docstring); without given frames it is ignored,
+        as ``scale`` is with nothing to guide on (the call warns about both).
         """
         scale, steps, eta = check_sampling(self.schedule.num_timesteps, scale, sampler, steps, eta,
                                             planned=plan is not None)
+        context_scale = checked_real("context_guidance", context_guidance)
         c = self.config
         scale = scale if conds.guided else 1.0  # nothing to guide on: one plain pass
+        no_frames = None  # the condition with its given frames dropped: context guidance's second branch
+        if context_scale != 1.0 and conds.guided and _gives_frames(conds.cond):
+            no_frames = conds.cond.null(["context"])
+            if _same(conds.uncond, no_frames):  # the frames are the sole condition: cfg guides on them already
+                scale, context_scale, no_frames = scale + context_scale - 1.0, 1.0, None
         cond = conds.cond.to(self.device) if conds.guided else Conditioning()
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
         learned_sigma = getattr(self.model, "learned_sigma", False)
         # a self-conditioned model gets each step the previous step's x0 estimate (zeros first, as trained)
         fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma,
-                             self_condition="self_cond" in self.accepts)
+                             self_condition="self_cond" in self.accepts,
+                             second_uncond=None if no_frames is None else no_frames.to(self.device),
+                             second_scale=context_scale)
         return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
                       prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
                       timestep_spacing=c.diffusion.timestep_spacing, generator=list(generators),
@@ -273,8 +295,12 @@ class Pipeline:
                  progress: bool = False, prompt: Union[str, Sequence[str], None] = None,
                  negative_prompt: Union[str, Sequence[str], None] = None,
                  image: Union[ImageLike, Sequence[ImageLike], None] = None,
-                 frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None) -> torch.Tensor:
+                 frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None,
+                 context_guidance: float = 1.0) -> torch.Tensor:
         """Videos ``(B, C, T, H, W)`` in [-1, 1]; ``image`` is frame 0, ``frames`` maps frame indices to images.
+
+        ``context_guidance``: Video LDM's guidance scale s on the given frames (module docstring), any
+        finite number; 1 (the default) is none.
 
         Every argument is checked before anything is encoded (module docstring); ``labels`` may be one
         int, a list, a numpy array or a tensor of ints.
@@ -285,6 +311,7 @@ class Pipeline:
         steps = c.sample.steps if steps is None else steps
         scale, steps, eta_value = check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
                                                   sampler, steps, c.sample.eta if eta is None else eta)
+        context_guidance = checked_real("context_guidance", context_guidance)
         batch_size = checked_int("batch_size", batch_size)
         if prompt is not None and labels is not None:
             raise ValueError("give prompts or labels, not both")
@@ -301,7 +328,7 @@ class Pipeline:
                   "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
         conds = self.conditions(n, T, H, W, labels=labels, prompt=prompt, negative_prompt=negative_prompt,
                                 frames=given)
-        self._warn_unused_guidance(conds, cfg, scale, negative_prompt)
+        self._warn_unused_guidance(conds, cfg, scale, negative_prompt, context_guidance)
         scale = scale if conds.guided else 1.0  # nothing to guide: one pass
         videos = []
         for start in range(0, n, batch_size):
@@ -311,7 +338,8 @@ class Pipeline:
             gens = [torch.Generator().manual_seed(seed + i) for i in idx]
             x_T = randn((len(idx), *latent), generator=gens)
             part = conds.index(idx)
-            z = self.denoise(part, x_T, gens, scale, sampler, steps, eta_value, progress)
+            z = self.denoise(part, x_T, gens, scale, sampler, steps, eta_value, progress,
+                             context_guidance=context_guidance)
             videos.append(self.decode(z, part))
         return torch.cat(videos)
 
@@ -330,14 +358,29 @@ class Pipeline:
         warn(f"this model was trained on {d.frames} frames of {d.size}×{d.size}; asked for {T} frames of {H}×{W}: "
               + "; ".join(harm))
 
-    def _warn_unused_guidance(self, conds: Conditions, cfg, scale: float, negative_prompt) -> None:
+    def _warn_unused_guidance(self, conds: Conditions, cfg, scale: float, negative_prompt,
+                              context_guidance: float = 1.0) -> None:
         """A guidance scale with nothing to guide on, or a negative prompt without guidance, changes nothing."""
+        if context_guidance != 1.0 and not (conds.guided and _gives_frames(conds.cond)):
+            warn(f"context_guidance={context_guidance:g} is ignored: it guides on given frames and none were given "
+                 + ("(pass image= or frames=)" if "context" in self.accepts
+                    else "(this model takes none: it was trained without conditions.context_frames)"))
         if cfg is not None and not conds.guided:
             warn(f"cfg={scale} is ignored: the sample is unconditional (this model takes no labels or prompt "
                   "and no frames were given)")
         elif negative_prompt is not None and conds.guided and scale == 1.0:
             warn("the negative prompt is ignored at cfg=1 (it acts only through guidance): pass a cfg other than 1 "
                   f"(this model's default is {self.config.sample.cfg:g})")
+
+
+def _gives_frames(cond: Conditioning) -> bool:
+    """Whether a condition gives frames (a context mask with a frame in it)."""
+    return cond.context_mask is not None and bool(cond.context_mask.any())
+
+
+def _same(a: Conditioning, b: Conditioning) -> bool:
+    """Whether two conditions have the same fields with the same values."""
+    return a.present() == b.present() and all(torch.equal(getattr(a, n), getattr(b, n)) for n in a.present())
 
 
 def _merge(parts: Sequence[Conditioning]) -> Conditioning:
