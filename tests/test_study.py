@@ -42,6 +42,16 @@ def test_a_study_trains_scores_and_reports_every_variant(study_file, tmp_path):
     for png in ("loss.png", "scores.png"):
         assert (tmp_path / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "docs" / "results.json").read_text())["steps"] == 2
+    assert "The reading of these results" not in readme  # no reading named, no link
+
+
+def test_the_report_links_the_reading_a_study_names(study_file, tmp_path):
+    spec = yaml.safe_load(study_file.read_text())
+    spec["reading"] = "../../latte.md#ablation"
+    study_file.write_text(yaml.safe_dump(spec))
+    run_study(load_study(study_file), quiet=True, log=lambda m: None)
+    readme = (tmp_path / "docs" / "README.md").read_text()
+    assert "[../../latte.md#ablation](../../latte.md#ablation)" in readme
 
 
 def test_finished_runs_are_reused_and_a_bigger_budget_resumes(study_file, tmp_path):

@@ -36,7 +36,7 @@ from moviola.config import ConfigError, RunConfig, config_from_json, load_config
 from moviola.data import check_classes, known_classes
 from moviola.diffusion.samplers import SAMPLERS
 
-_TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir")
+_TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir", "reading")
 _EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
 
 
@@ -66,6 +66,7 @@ class Study:
     runs_dir: str = ""
     out_dir: str = ""
     source: str = ""  # the study file, for the reproduce command
+    reading: str = ""  # where the results are read against the paper (a markdown link target), if anywhere
 
 
 def _check_keys(got: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -125,7 +126,8 @@ def load_study(path: Union[str, Path]) -> Study:
         raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1 and a sampler of {', '.join(SAMPLERS)}")
     return Study(name=name, steps=steps, variants=tuple(variants), set=_overrides(tree.get("set"), f"{path}: set"),
                  eval=study_eval, runs_dir=str(tree.get("runs_dir") or Path("runs") / "studies" / name),
-                 out_dir=str(tree.get("out_dir") or Path("docs") / "studies" / name), source=str(path))
+                 out_dir=str(tree.get("out_dir") or Path("docs") / "studies" / name), source=str(path),
+                 reading=str(tree.get("reading") or ""))
 
 
 def variant_config(study: Study, v: Variant) -> RunConfig:
@@ -250,8 +252,10 @@ def write_report(study: Study, out: dict) -> Path:
                      f"{_pct(a.get('direction_acc'))} | {_pct(a.get('match_rate'))} | {_pct(h.get('match_rate'))} |")
     lines += ["", "Final loss: the mean training loss over the last tenth of the logged steps. it/s: the median "
               "training speed (depends on what else ran on the machine).", "",
-              "![loss curves](loss.png)", "", "![scores](scores.png)", "",
-              "Variants:", ""]
+              "![loss curves](loss.png)", "", "![scores](scores.png)", ""]
+    if study.reading:
+        lines += [f"The reading of these results against the paper: [{study.reading}]({study.reading}).", ""]
+    lines += ["Variants:", ""]
     for r in out["variants"]:
         extra = f" with `{' '.join(r['set'])}`" if r["set"] else ""
         lines.append(f"- `{r['name']}`: `{r['config']}`{extra}")
