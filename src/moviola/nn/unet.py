@@ -28,6 +28,16 @@ forward order: ``"input"`` after conv_in (stored as ``transformer_in``), ``"resn
 and owns its residual or blend; ``video`` is forward's opaque argument, passed through unchanged. When the
 hook returns None the slot holds a parameter-free placeholder that is never called, so the plain image
 U-Net's state dict equals diffusers' exactly.
+
+Image cross-attention (VideoCrafter1's image-to-video, Eq. 7): with ``image_cross_attention=True`` every
+cross-attention (``attn2``) also attends to image tokens with the same query and its own key/value
+projections ``to_k_ip``/``to_v_ip`` (VideoCrafter's names), and adds the result scaled:
+``softmax(Q K_textᵀ) V_text + scale · softmax(Q K_imgᵀ) V_img``, then ``to_out``. With
+``image_cross_attention_scale_learnable`` the scale is gated per layer by DynamiCrafter's
+``scale · (tanh(alpha) + 1)``, ``alpha`` a scalar parameter starting at 0 (so the gate starts at ``scale``).
+Text and image tokens arrive separately (``forward(..., context, image_context=...)``): nothing is
+concatenated and split at a fixed text length as the official code does at 77. Without the switch no
+``*_ip``/``alpha`` parameter exists and everything is as before.
 """
 from __future__ import annotations
 
@@ -123,27 +133,69 @@ class ResnetBlock2D(nn.Module):
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
+@dataclass(frozen=True)
+class ImageCrossAttention:
+    """How a cross-attention also hears image tokens: its fixed ``scale``, and whether a learned per-layer
+    gate ``tanh(alpha) + 1`` multiplies it (DynamiCrafter's ``image_cross_attention_scale_learnable``)."""
+
+    scale: float = 1.0
+    learnable: bool = False
+
+
 class UNetAttention(nn.Module):
     """Multi-head attention with diffusers' names: bias-free ``to_q/to_k/to_v``, ``to_out.0``. Keys and
-    values come from ``context`` (cross-attention) or from x (self-attention)."""
+    values come from ``context`` (cross-attention) or from x (self-attention).
 
-    def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None):
+    ``image_attention`` (cross-attention only) adds bias-free ``to_k_ip``/``to_v_ip`` (context_dim -> dim) and,
+    when learnable, the scalar ``alpha``: ``forward(x, context, mask, image_context)`` then returns
+    ``to_out(attn(q, k, v; mask) + gate · attn(q, k_ip, v_ip))`` with the query shared and the text mask on the
+    text part only; ``gate = scale`` or ``scale · (tanh(alpha) + 1)``. All-zero image tokens (the null
+    condition) contribute exactly nothing, as the projections have no bias."""
+
+    def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None,
+                 image_attention: Optional[ImageCrossAttention] = None):
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' to_out.1 is a parameter-free dropout
+        self.image_attention = image_attention
+        if image_attention is not None:
+            if context_dim is None:
+                raise ValueError("image cross-attention needs a cross-attention layer (context_dim), "
+                                 "not a self-attention")
+            self.to_k_ip = nn.Linear(context_dim, dim, bias=False)
+            self.to_v_ip = nn.Linear(context_dim, dim, bias=False)
+            self.alpha = nn.Parameter(torch.tensor(0.0)) if image_attention.learnable else None
+        else:
+            self.to_k_ip = self.to_v_ip = self.alpha = None
+
+    def image_gate(self) -> Union[float, torch.Tensor]:
+        """The factor of the image attention: ``scale``, or ``scale · (tanh(alpha) + 1)`` when learnable."""
+        if self.image_attention is None:
+            raise ValueError("this attention has no image cross-attention")
+        if self.alpha is None:
+            return self.image_attention.scale
+        return self.image_attention.scale * (torch.tanh(self.alpha) + 1)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, L, D = x.shape
         source = x if context is None else context
 
         def split(y: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (B, heads, S, D/heads)
             return y.view(B, y.shape[1], self.heads, D // self.heads).transpose(1, 2)
 
-        out = attention(split(self.to_q(x)), split(self.to_k(source)), split(self.to_v(source)), mask)
+        q = split(self.to_q(x))
+        out = attention(q, split(self.to_k(source)), split(self.to_v(source)), mask)
+        if self.image_attention is not None:
+            if image_context is None:
+                raise ValueError("this attention cross-attends to image tokens: pass image_context (B, M, context_dim)")
+            image = attention(q, split(self.to_k_ip(image_context)), split(self.to_v_ip(image_context)))
+            out = out + self.image_gate() * image
+        elif image_context is not None:
+            raise ValueError("image_context given, but this attention has no image cross-attention (to_k_ip/to_v_ip)")
         return self.to_out[0](out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -171,25 +223,31 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LayerNorm self-attention, cross-attention (absent without ``cross_attention_dim``), feed-forward."""
+    """Pre-LayerNorm self-attention, cross-attention (absent without ``cross_attention_dim``; also to image
+    tokens with ``image_attention``), feed-forward."""
 
-    def __init__(self, dim: int, heads: int, cross_attention_dim: Optional[int]):
+    def __init__(self, dim: int, heads: int, cross_attention_dim: Optional[int],
+                 image_attention: Optional[ImageCrossAttention] = None):
         super().__init__()
+        if image_attention is not None and cross_attention_dim is None:
+            raise ValueError("image cross-attention needs cross_attention_dim (the image tokens' width)")
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = UNetAttention(dim, heads)
         if cross_attention_dim is not None:
             self.norm2 = nn.LayerNorm(dim)
-            self.attn2 = UNetAttention(dim, heads, cross_attention_dim)
+            self.attn2 = UNetAttention(dim, heads, cross_attention_dim, image_attention)
         else:
             self.norm2 = self.attn2 = None
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
-            x = x + self.attn2(self.norm2(x), context, mask)
+            x = x + self.attn2(self.norm2(x), context, mask, image_context)
+        elif image_context is not None:
+            raise ValueError("image_context given, but this transformer block has no cross-attention")
         return x + self.ff(self.norm3(x))
 
 
@@ -198,18 +256,19 @@ class Transformer2D(nn.Module):
     transformer blocks over the H·W tokens, ``proj_out``, plus the input."""
 
     def __init__(self, channels: int, heads: int, num_layers: int, cross_attention_dim: Optional[int],
-                 groups: int, use_linear_projection: bool = False):
+                 groups: int, use_linear_projection: bool = False,
+                 image_attention: Optional[ImageCrossAttention] = None):
         super().__init__()
         self.linear = use_linear_projection
         proj = (lambda: nn.Linear(channels, channels)) if self.linear else (lambda: nn.Conv2d(channels, channels, 1))
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = proj()
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(channels, heads, cross_attention_dim) for _ in range(num_layers))
+            BasicTransformerBlock(channels, heads, cross_attention_dim, image_attention) for _ in range(num_layers))
         self.proj_out = proj()
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         N, C, H, W = x.shape
         h = self.norm(x)
         if not self.linear:
@@ -218,7 +277,7 @@ class Transformer2D(nn.Module):
         if self.linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context, mask)
+            h = block(h, context, mask, image_context)
         if self.linear:
             h = self.proj_out(h)
         h = h.reshape(N, H, W, C).permute(0, 3, 1, 2)  # (N, C, H, W)
@@ -266,6 +325,7 @@ class BlockOptions:
     cross_attention_dim: Optional[int] = None
     use_linear_projection: bool = False
     downsample_padding: int = 1
+    image_attention: Optional[ImageCrossAttention] = None  # cross-attention also to image tokens
 
 
 class _Level(nn.Module):
@@ -285,15 +345,16 @@ class _Level(nn.Module):
             self.temp_convs.append(_temporal_slot(temporal, "resnet", out_channels, f"{path}.temp_convs.{i}"))
             if i < num_attentions:
                 self.attentions.append(Transformer2D(out_channels, o.heads, o.transformer_layers,
-                                                     o.cross_attention_dim, o.groups, o.use_linear_projection))
+                                                     o.cross_attention_dim, o.groups, o.use_linear_projection,
+                                                     o.image_attention))
                 self.temp_attentions.append(
                     _temporal_slot(temporal, "attention", out_channels, f"{path}.temp_attentions.{i}"))
 
     def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor],
-               mask: Optional[torch.Tensor], video: Any) -> torch.Tensor:
+               mask: Optional[torch.Tensor], video: Any, image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = _run_temporal(self.temp_convs[i], self.resnets[i](h, temb), video)
         if self.attentions is not None and i < len(self.attentions):
-            h = _run_temporal(self.temp_attentions[i], self.attentions[i](h, context, mask), video)
+            h = _run_temporal(self.temp_attentions[i], self.attentions[i](h, context, mask, image_context), video)
         return h
 
 
@@ -309,11 +370,12 @@ class _DownBlock(_Level):
                              if add_downsample else None)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, video: Any = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                mask: Optional[torch.Tensor] = None, video: Any = None,
+                image_context: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """-> (h, the skip connections this level leaves for the up path)."""
         skips = []
         for i in range(len(self.resnets)):
-            h = self._layer(i, h, temb, context, mask, video)
+            h = self._layer(i, h, temb, context, mask, video, image_context)
             skips.append(h)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)
@@ -337,11 +399,12 @@ class _UpBlock(_Level):
 
     def forward(self, h: torch.Tensor, skips: Sequence[torch.Tensor], temb: torch.Tensor,
                 context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None, video: Any = None,
-                upsample_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+                upsample_size: Optional[Sequence[int]] = None,
+                image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``skips``: this level's skip connections, the last one is used first."""
         skips = list(skips)
         for i in range(len(self.resnets)):
-            h = self._layer(i, torch.cat([h, skips.pop()], dim=1), temb, context, mask, video)
+            h = self._layer(i, torch.cat([h, skips.pop()], dim=1), temb, context, mask, video, image_context)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h, upsample_size)
         return h
@@ -357,9 +420,10 @@ class _MidBlock(_Level):
         self._build([channels] * resnets, channels, resnets - 1, options, temporal, path)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, video: Any = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, video: Any = None,
+                image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         for i in range(len(self.resnets)):
-            h = self._layer(i, h, temb, context, mask, video)
+            h = self._layer(i, h, temb, context, mask, video, image_context)
         return h
 
 
@@ -427,8 +491,10 @@ def _per_level(value: Any, levels: int, name: str) -> tuple:
 class UNet2D(nn.Module):
     """Stable Diffusion's U-Net: ``model(x (N, C, H, W), t (N,) or scalar, context (N, L, D), ...) -> (N,
     out_channels, H, W)``. Arguments are diffusers' ``UNet2DConditionModel``'s (names and defaults), except
-    ``cross_attention_dim`` (768, SD 1.x's; None: no cross-attention) and ``temporal`` (the module
-    docstring)."""
+    ``cross_attention_dim`` (768, SD 1.x's; None: no cross-attention), ``temporal`` and the image
+    cross-attention (the module docstring): ``image_cross_attention`` (every ``attn2`` also attends to
+    ``forward``'s ``image_context``), ``image_cross_attention_scale`` (the image term's factor) and
+    ``image_cross_attention_scale_learnable`` (DynamiCrafter's per-layer gate ``tanh(alpha) + 1`` on it)."""
 
     def __init__(self, *, in_channels: int = 4, out_channels: int = 4,
                  block_out_channels: Sequence[int] = (320, 640, 1280, 1280),
@@ -438,8 +504,12 @@ class UNet2D(nn.Module):
                  cross_attention_dim: Optional[int] = 768, norm_num_groups: int = 32, norm_eps: float = 1e-5,
                  transformer_layers_per_block: IntOrLevels = 1, use_linear_projection: bool = False,
                  flip_sin_to_cos: bool = True, freq_shift: float = 0, act_fn: str = "silu",
-                 downsample_padding: int = 1, temporal: Optional[TemporalFactory] = None):
+                 downsample_padding: int = 1, temporal: Optional[TemporalFactory] = None,
+                 image_cross_attention: bool = False, image_cross_attention_scale: float = 1.0,
+                 image_cross_attention_scale_learnable: bool = False):
         super().__init__()
+        image_attention = self._check_image_attention(image_cross_attention, image_cross_attention_scale,
+                                                      image_cross_attention_scale_learnable, cross_attention_dim)
         channels = tuple(block_out_channels)
         n = len(channels)
         layers, heads, depth = self._check(
@@ -448,10 +518,11 @@ class UNet2D(nn.Module):
             transformer_layers_per_block, act_fn, downsample_padding)
         self.block_out_channels, self.flip_sin_to_cos, self.freq_shift = channels, flip_sin_to_cos, freq_shift
         self.cross_attention_dim = cross_attention_dim
+        self.image_cross_attention = image_attention is not None
         self.act = _activation(act_fn)
         base = BlockOptions(temb_channels=4 * channels[0], groups=norm_num_groups, eps=norm_eps, act_fn=act_fn,
                             cross_attention_dim=cross_attention_dim, use_linear_projection=use_linear_projection,
-                            downsample_padding=downsample_padding)
+                            downsample_padding=downsample_padding, image_attention=image_attention)
 
         def options(level: int) -> BlockOptions:
             return replace(base, heads=heads[level], transformer_layers=depth[level])
@@ -477,6 +548,28 @@ class UNet2D(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
         self.has_cross_attention = cross_attention_dim is not None and any(
             m.attn2 is not None for m in self.modules() if isinstance(m, BasicTransformerBlock))
+        if self.image_cross_attention and not self.has_cross_attention:
+            raise ValueError("image_cross_attention=True, but no block of this U-Net has a spatial transformer "
+                             "(cross-attention) to add it to")
+
+    @staticmethod
+    def _check_image_attention(enabled, scale, learnable, cross_attention_dim) -> Optional[ImageCrossAttention]:
+        if not isinstance(enabled, bool):
+            raise ValueError(f"image_cross_attention must be a bool, got {enabled!r}")
+        if not isinstance(learnable, bool):
+            raise ValueError(f"image_cross_attention_scale_learnable must be a bool, got {learnable!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"image_cross_attention_scale must be a finite number, got {scale!r}")
+        if not enabled:
+            if learnable or scale != 1.0:
+                raise ValueError("image_cross_attention_scale"
+                                 + ("_learnable" if learnable else f"={scale!r}")
+                                 + " given without image_cross_attention=True")
+            return None
+        if cross_attention_dim is None:
+            raise ValueError("image_cross_attention=True needs cross_attention_dim (the width of the image tokens, "
+                             "as of the text's)")
+        return ImageCrossAttention(float(scale), learnable)
 
     @staticmethod
     def _check(in_channels, out_channels, channels, down, up, mid, layers_per_block, attention_head_dim,
@@ -545,10 +638,12 @@ class UNet2D(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: Union[torch.Tensor, int, float], context: Optional[torch.Tensor] = None,
                 context_mask: Optional[torch.Tensor] = None, emb: Optional[torch.Tensor] = None,
-                video: Any = None) -> torch.Tensor:
+                video: Any = None, image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (N, C, H, W); t (N,) or a scalar; context (N, L, cross_attention_dim) text tokens; context_mask
         (N, L), True = a real token (a row with none attends to all, as diffusers' -10000 bias does); emb
-        (N, time_embed_dim) added to the time embedding; video: passed to every temporal module."""
+        (N, time_embed_dim) added to the time embedding; video: passed to every temporal module;
+        image_context (N, M, cross_attention_dim) image tokens (e.g. a Resampler's), required with
+        image_cross_attention and refused without (for frames, repeat them per frame as the text)."""
         temb = self.time_embedding(self._timestep_features(t, x))  # (N, E)
         if emb is not None:
             if emb.shape != temb.shape:
@@ -556,20 +651,25 @@ class UNet2D(nn.Module):
                                  f"got {tuple(emb.shape)}")
             temb = temb + emb
         context, mask = self._context(x, context, context_mask)
+        # passed only when given, so a block that knows nothing of image tokens keeps working without them
+        image = {} if image_context is None else {"image_context": self._image_context(x, image_context)}
+        if self.image_cross_attention and not image:
+            raise ValueError("this U-Net cross-attends to image tokens (image_cross_attention=True): pass "
+                             f"image_context (N, M, cross_attention_dim={self.cross_attention_dim})")
         h = self.conv_in(x)
         if self.transformer_in is not None:
             h = self.transformer_in(h, video)
         skips = [h]
         for block in self.down_blocks:
-            h, block_skips = block(h, temb, context, mask, video)
+            h, block_skips = block(h, temb, context, mask, video, **image)
             skips += block_skips
         if self.mid_block is not None:
-            h = self.mid_block(h, temb, context, mask, video)
+            h = self.mid_block(h, temb, context, mask, video, **image)
         for block in self.up_blocks:
             k = len(block.resnets)
             skips, block_skips = skips[:-k], skips[-k:]
             size = skips[-1].shape[-2:] if block.upsamplers is not None else None  # the next skip's size
-            h = block(h, block_skips, temb, context, mask, video, size)
+            h = block(h, block_skips, temb, context, mask, video, size, **image)
         return self.conv_out(self.act(self.conv_norm_out(h)))
 
     def _timestep_features(self, t: Union[torch.Tensor, int, float], x: torch.Tensor) -> torch.Tensor:
@@ -604,6 +704,17 @@ class UNet2D(nn.Module):
         keep = context_mask.to(torch.bool)
         keep = keep | ~keep.any(dim=-1, keepdim=True)  # no real token: attend to all (never NaN)
         return context.to(x.dtype), keep[:, None, None, :]
+
+    def _image_context(self, x: torch.Tensor, image_context: torch.Tensor) -> torch.Tensor:
+        if not self.image_cross_attention:
+            raise ValueError("image_context given, but this U-Net has no image cross-attention "
+                             "(image_cross_attention=False)")
+        N = x.shape[0]
+        if (image_context.dim() != 3 or image_context.shape[0] != N or image_context.shape[1] < 1
+                or image_context.shape[2] != self.cross_attention_dim):
+            raise ValueError(f"image_context must have shape (N, M, cross_attention_dim) = ({N}, M >= 1, "
+                             f"{self.cross_attention_dim}), got {tuple(image_context.shape)}")
+        return image_context.to(x.dtype)
 
 
 # ---------------------------------------------------------------- diffusers config keys (diffusers 0.42.1)
