@@ -24,6 +24,8 @@ TINY = {
              "model.pos_grid=[4,8,8]"],
     "video_ldm": ["model.block_out_channels=[16,32]", "model.layers_per_block=1", "model.num_heads=2",
                   "model.norm_num_groups=8", "model.temporal_head_channels=8"],
+    "videocrafter": ["model.block_out_channels=[16,32]", "model.layers_per_block=1", "model.num_heads=2",
+                     "model.norm_num_groups=8", "model.relative_position=true"],
 }
 B, C, T, S = 2, 3, 4, 8
 

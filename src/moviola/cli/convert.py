@@ -35,6 +35,13 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     cu.add_argument("--temporal-layers", default="none", choices=["none", "conv_attention", "attention", "conv"],
                     help="write fresh temporal layers too (they start at zero: the output is the image model's)")
     cu.set_defaults(fn=_cmd_convert)
+    c3 = csub.add_parser("diffusers-unet3d", help="a diffusers UNet3DConditionModel (ModelScope T2V, zeroscope) -> a "
+                         "VideoCrafter checkpoint dir (temporal convolutions, temporal transformers, transformer_in)")
+    c3.add_argument("src", help="its save_pretrained directory (or a pipeline root with unet/)")
+    c3.add_argument("out", help="output checkpoint directory")
+    c3.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside unet/)")
+    c3.add_argument("--text-encoder", help="the text encoder directory (default: text_encoder/ beside unet/, if any)")
+    c3.set_defaults(fn=_cmd_convert)
     cs = csub.add_parser("swap-spatial", help="a Video LDM with its spatial layers (U-Net, embeddings) taken from "
                          "another video_ldm checkpoint, e.g. a personalized image model (the paper's DreamBooth transfer)")
     cs.add_argument("video", help="the video_ldm video model (checkpoint or run directory): config and temporal layers")
@@ -62,6 +69,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     elif args.source == "diffusers-unet":
         out = convert.import_diffusers_unet(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder,
                                             temporal_layers=args.temporal_layers)
+    elif args.source == "diffusers-unet3d":
+        out = convert.import_diffusers_unet3d(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
     elif args.source == "swap-spatial":
         from moviola.interop.swap_spatial import swap_report
 

@@ -330,6 +330,50 @@ class UNetDims:
         return (self.num_heads,) * len(self.block_out_channels)
 
 
+UNET_SHAPE_KEYS = ("block_out_channels", "layers_per_block", "attention_resolutions", "norm_num_groups",
+                   "use_linear_projection")
+
+
+def unet_dims(cfg, sizes: dict[str, dict]) -> UNetDims:
+    """A U-Net family config's shape (Video LDM, VideoCrafter): its named size (``cfg.size`` in ``sizes``),
+    overridden by the fields it sets (``UNET_SHAPE_KEYS``, ``num_heads`` / ``head_channels``); checked."""
+    if cfg.size not in sizes:
+        raise ConfigError(f"model.size {cfg.size!r} is not one of {list(sizes)}")
+    base = dict(sizes[cfg.size])
+    if cfg.num_heads is not None or cfg.head_channels is not None:  # one replaces the other
+        base.update(num_heads=cfg.num_heads, head_channels=cfg.head_channels)
+    for key in UNET_SHAPE_KEYS:
+        if getattr(cfg, key) is not None:
+            base[key] = getattr(cfg, key)
+    dims = UNetDims(**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+    channels = dims.block_out_channels
+    if not channels or any(c <= 0 for c in channels):
+        raise ConfigError(f"model.block_out_channels must be positive channel counts, got {list(channels)}")
+    if (dims.num_heads is None) == (dims.head_channels is None):
+        raise ConfigError("set one of model.num_heads (SD 1.x) and model.head_channels (SD 2.x), not both")
+    factors = [2 ** i for i in range(len(channels))]
+    bad = [r for r in dims.attention_resolutions if r not in factors]
+    if bad:
+        raise ConfigError(f"model.attention_resolutions {bad} are not levels of this U-Net: its "
+                          f"{len(channels)} levels have downsampling factors {factors}")
+    for c, heads in zip(channels, dims.heads()):
+        if c % dims.norm_num_groups:
+            raise ConfigError(f"model.block_out_channels has {c} channels, not divisible by "
+                              f"model.norm_num_groups={dims.norm_num_groups}")
+        if not heads or c % heads:
+            raise ConfigError(f"{c} channels do not split into {heads} heads (model.num_heads / "
+                              "model.head_channels)")
+    return dims
+
+
+def check_unet_size(run, dims: UNetDims) -> None:
+    """data.size must survive the autoencoder and every U-Net downsampling."""
+    factor = autoencoder_spatial_factor(run.autoencoder) * 2 ** (len(dims.block_out_channels) - 1)
+    if run.data.size % factor:
+        raise ConfigError(f"data.size={run.data.size} is not divisible by autoencoder factor × U-Net downsampling = "
+                          f"{factor}: pick a multiple of {factor} or fewer model.block_out_channels levels")
+
+
 @dataclass(frozen=True)
 class VideoLDMConfig:
     """Video LDM (Blattmann et al. 2023, "Align your Latents"): an image LDM U-Net (Stable Diffusion's layout,
@@ -372,43 +416,12 @@ class VideoLDMConfig:
 
     def dims(self) -> UNetDims:
         """The U-Net's shape: the named size, overridden by the fields that are set; checked."""
-        if self.size not in VIDEO_LDM_SIZES:
-            raise ConfigError(f"model.size {self.size!r} is not one of {list(VIDEO_LDM_SIZES)}")
-        base = dict(VIDEO_LDM_SIZES[self.size])
-        if self.num_heads is not None or self.head_channels is not None:  # one replaces the other
-            base.update(num_heads=self.num_heads, head_channels=self.head_channels)
-        for key in ("block_out_channels", "layers_per_block", "attention_resolutions", "norm_num_groups",
-                    "use_linear_projection"):
-            if getattr(self, key) is not None:
-                base[key] = getattr(self, key)
-        dims = UNetDims(**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
-        channels = dims.block_out_channels
-        if not channels or any(c <= 0 for c in channels):
-            raise ConfigError(f"model.block_out_channels must be positive channel counts, got {list(channels)}")
-        if (dims.num_heads is None) == (dims.head_channels is None):
-            raise ConfigError("set one of model.num_heads (SD 1.x) and model.head_channels (SD 2.x), not both")
-        factors = [2 ** i for i in range(len(channels))]
-        bad = [r for r in dims.attention_resolutions if r not in factors]
-        if bad:
-            raise ConfigError(f"model.attention_resolutions {bad} are not levels of this U-Net: its "
-                              f"{len(channels)} levels have downsampling factors {factors}")
-        for c, heads in zip(channels, dims.heads()):
-            if c % dims.norm_num_groups:
-                raise ConfigError(f"model.block_out_channels has {c} channels, not divisible by "
-                                  f"model.norm_num_groups={dims.norm_num_groups}")
-            if not heads or c % heads:
-                raise ConfigError(f"{c} channels do not split into {heads} heads (model.num_heads / "
-                                  "model.head_channels)")
-        return dims
+        return unet_dims(self, VIDEO_LDM_SIZES)
 
     def validate(self, run) -> None:
         """Video LDM's rules against the rest of the run: latent size, alpha, conditions."""
-        d, c = run.data, run.conditions
-        dims = self.dims()
-        factor = autoencoder_spatial_factor(run.autoencoder) * 2 ** (len(dims.block_out_channels) - 1)
-        if d.size % factor:
-            raise ConfigError(f"data.size={d.size} is not divisible by autoencoder factor × U-Net downsampling = "
-                              f"{factor}: pick a multiple of {factor} or fewer model.block_out_channels levels")
+        c = run.conditions
+        check_unet_size(run, self.dims())
         if self.temporal_mix == "learned" and not 0.0 < self.alpha_init < 1.0:
             raise ConfigError(f"model.alpha_init={self.alpha_init}: a learned α = sigmoid(logit) starts inside "
                               "(0, 1); use model.temporal_mix=fixed for α = 0 or 1")
@@ -417,8 +430,89 @@ class VideoLDMConfig:
                               "conditions.low_res")
 
 
+# VideoCrafter's U-Net sizes. tiny is ours (Moving Shapes' 8×8 latents); vc512 is the released models' U-Net,
+# Stable Diffusion 2.1's (320 channels × (1, 2, 4, 4), 2 resnets per level, spatial transformers at
+# downsampling factors 1, 2, 4 — the official configs' attention_resolutions [4, 2, 1] count the other way —,
+# 64-channel heads, linear projections), which `moviola convert diffusers-unet3d` also loads (ModelScope).
+VIDEOCRAFTER_SIZES: dict[str, dict] = {
+    "tiny": dict(block_out_channels=(64, 128), layers_per_block=1, attention_resolutions=(1, 2), num_heads=4,
+                 head_channels=None, norm_num_groups=16, use_linear_projection=True),
+    "vc512": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_resolutions=(1, 2, 4),
+                  num_heads=None, head_channels=64, norm_num_groups=32, use_linear_projection=True),
+}
+
+
+@dataclass(frozen=True)
+class VideoCrafterConfig:
+    """VideoCrafter 1 / 2 (Chen et al. 2023, 2024), and ModelScope T2V, whose diffusers U-Net it loads: Stable
+    Diffusion's U-Net with plain-residual temporal layers — a 4-layer temporal convolution after each resnet
+    (VC2, ModelScope), a temporal transformer after each spatial transformer and one after conv_in — whose
+    last layers start at zero. The defaults are VideoCrafter2's (models/videocrafter/)."""
+
+    family: Literal["videocrafter"] = "videocrafter"
+    size: str = "tiny"  # a named U-Net (tiny, vc512); the fields below override it
+    block_out_channels: Optional[tuple[int, ...]] = None  # channels per level
+    layers_per_block: Optional[int] = None  # resnets per level (the up path has one more)
+    attention_resolutions: Optional[tuple[int, ...]] = None  # downsampling factors with spatial transformers
+    num_heads: Optional[int] = None  # heads per spatial attention...
+    head_channels: Optional[int] = None  # ...or channels per head (VideoCrafter, ModelScope: 64); one of the two
+    norm_num_groups: Optional[int] = None
+    use_linear_projection: Optional[bool] = None  # the spatial transformers' proj_in/out: linear or 1×1 conv
+    transformer_layers: int = 1  # transformer blocks per spatial and per temporal transformer
+    learned_sigma: bool = False
+    # temporal layers. Each temporal transformer after a spatial one has that level's heads (and head width).
+    temporal_conv: bool = True  # ModelScope's 4-layer temporal convolution after each resnet (VC2; VC1: false)
+    relative_position: bool = False  # learned Shaw relative positions in the temporal attention (VC1: true)
+    temporal_length: int = 16  # relative positions are clipped at ± this many frames
+    causal_attention: bool = False  # a frame attends to itself and earlier frames only
+    # the temporal transformer's second attention: self-attention again (VideoCrafter's only_self_att, diffusers'
+    # double_self_attention), or cross-attention to the text (false; needs conditions.text_channels)
+    temporal_self_attention_only: bool = True
+    # a temporal transformer after conv_in (VideoCrafter's init_attn, diffusers' transformer_in) with its own
+    # heads: input_attention_heads of input_attention_head_channels (null: the first level's spatial head width)
+    addition_attention: bool = True
+    input_attention_heads: int = 8
+    input_attention_head_channels: Optional[int] = None
+
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "fps", "context_frames"})
+    joint_images: ClassVar[bool] = True  # image frames bypass every temporal layer
+    RANGES: ClassVar[tuple] = (("model.layers_per_block", 1, 16), ("model.num_heads", 1, None),
+                               ("model.head_channels", 1, None), ("model.norm_num_groups", 1, None),
+                               ("model.transformer_layers", 1, 64), ("model.temporal_length", 1, 4096),
+                               ("model.input_attention_heads", 1, None),
+                               ("model.input_attention_head_channels", 1, None))
+
+    @staticmethod
+    def migrate(section: dict) -> list[tuple[str, str]]:
+        """VideoCrafter's own configs switch the frame rate on in the model (``fps_cond``); here it is a condition
+        of the run, which the trainer and the pipelines read: point there."""
+        if "fps_cond" in section:
+            raise ConfigError(f"model.fps_cond={section['fps_cond']!r}: the frame-rate embedding is a condition of the "
+                              "run here: set conditions.fps (true/false) and remove model.fps_cond")
+        return []
+
+    def dims(self) -> UNetDims:
+        """The U-Net's shape: the named size, overridden by the fields that are set; checked."""
+        return unet_dims(self, VIDEOCRAFTER_SIZES)
+
+    def input_head_channels(self) -> int:
+        """Channels per head of the temporal transformer after conv_in."""
+        if self.input_attention_head_channels is not None:
+            return self.input_attention_head_channels
+        dims = self.dims()
+        return dims.block_out_channels[0] // dims.heads()[0]
+
+    def validate(self, run) -> None:
+        """VideoCrafter's rules against the rest of the run: latent size, the temporal text attention."""
+        check_unet_size(run, self.dims())
+        if not self.temporal_self_attention_only and not run.conditions.text_channels:
+            raise ConfigError("model.temporal_self_attention_only=false cross-attends to the text in the temporal "
+                              "transformers: set conditions.text_channels (or leave it true)")
+
+
 # family -> its config class; models/registry.py pairs each with its model class
-MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig, "walt": WaltConfig, "video_ldm": VideoLDMConfig}
+MODEL_CONFIGS: dict[str, type] = {"latte": LatteConfig, "walt": WaltConfig, "video_ldm": VideoLDMConfig,
+                                  "videocrafter": VideoCrafterConfig}
 
 
 def _family_keys() -> dict[str, set[str]]:

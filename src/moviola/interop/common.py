@@ -14,6 +14,25 @@ from moviola.io.checkpoint import CheckpointError, check_state_dict, load_foreig
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers model's save_pretrained weights
 
 
+def read_diffusers_config(src: Path, class_name: str, subfolder: str, kind: str = "diffusers") -> tuple[Path, dict]:
+    """The directory and config.json of a diffusers ``class_name`` model: ``src`` itself, or ``src/subfolder`` in
+    a pipeline root; anything else is a CheckpointError saying what it is."""
+    import json
+
+    from moviola.io.checkpoint import check_kind
+
+    src = Path(src)
+    if not (src / "config.json").is_file() and (src / subfolder / "config.json").is_file():
+        src = src / subfolder  # the root of a pipeline directory
+    check_kind(src, (kind,), f"a diffusers {class_name} directory")
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} has no config.json: expected a {class_name} save_pretrained directory")
+    config = json.loads((src / "config.json").read_text())
+    if config.get("_class_name") != class_name:
+        raise CheckpointError(f"{src}/config.json is a {config.get('_class_name')!r}, not a {class_name}")
+    return src, config
+
+
 def read_diffusers_weights(src: Path) -> dict[str, torch.Tensor]:
     """The state dict of a diffusers ``save_pretrained`` directory: safetensors, sharded safetensors or a .bin."""
     import json

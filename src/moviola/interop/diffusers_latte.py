@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 
 from moviola.config import (AutoencoderConfig, RunConfig, autoencoder_spatial_factor, config_from_json, latent_frames,
                             load_config)
-from moviola.interop.common import WEIGHTS, named_size, read_diffusers_weights, write_checkpoint_dir
+from moviola.interop.common import (WEIGHTS, named_size, read_diffusers_config, read_diffusers_weights,
+                                    write_checkpoint_dir)
 from moviola.models.loading import load_model
 from moviola.io.checkpoint import CheckpointError, resolve_checkpoint, write_new_directory
 
@@ -185,16 +186,7 @@ def scheduler_config(cfg: RunConfig) -> dict:
 
 
 def _read_diffusers_dir(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from moviola.io.checkpoint import check_kind
-
-    if not (src / "config.json").is_file() and (src / "transformer" / "config.json").is_file():
-        src = src / "transformer"  # the root of a pipeline repo (maxin-cn/Latte-1)
-    check_kind(src, ("diffusers_latte",), "a diffusers LatteTransformer3DModel directory")
-    if not (src / "config.json").is_file():
-        raise CheckpointError(f"{src} has no config.json: expected a LatteTransformer3DModel save_pretrained directory")
-    config = json.loads((src / "config.json").read_text())
-    if config.get("_class_name") != "LatteTransformer3DModel":
-        raise CheckpointError(f"{src}/config.json is a {config.get('_class_name')!r}, not a LatteTransformer3DModel")
+    src, config = read_diffusers_config(src, "LatteTransformer3DModel", "transformer", kind="diffusers_latte")
     return config, read_diffusers_weights(src)
 
 

@@ -17,27 +17,13 @@ from typing import Optional, Union
 import torch
 
 from moviola.config import load_config
-from moviola.interop.common import read_diffusers_weights, write_checkpoint_dir
+from moviola.interop.common import read_diffusers_config, read_diffusers_weights, write_checkpoint_dir
 from moviola.io.checkpoint import CheckpointError
 from moviola.nn.unet import UNet2D
 
 
 # what Video LDM's U-Net fixes to Stable Diffusion's values (nn/unet.py implements the others too)
 SD_FIXED = {"act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "norm_eps": 1e-5}
-
-
-def _read_unet_dir(src: Path) -> tuple[Path, dict]:
-    from moviola.io.checkpoint import check_kind
-
-    if not (src / "config.json").is_file() and (src / "unet" / "config.json").is_file():
-        src = src / "unet"  # the root of a Stable Diffusion pipeline directory
-    check_kind(src, ("diffusers",), "a diffusers UNet2DConditionModel directory")
-    if not (src / "config.json").is_file():
-        raise CheckpointError(f"{src} has no config.json: expected a UNet2DConditionModel save_pretrained directory")
-    config = json.loads((src / "config.json").read_text())
-    if config.get("_class_name") != "UNet2DConditionModel":
-        raise CheckpointError(f"{src}/config.json is a {config.get('_class_name')!r}, not a UNet2DConditionModel")
-    return src, config
 
 
 def unet_model_section(config: dict) -> tuple[dict, int]:
@@ -97,7 +83,7 @@ def import_diffusers_unet(src: Union[str, Path], out_dir: Union[str, Path], vae:
     ``vae`` and ``text_encoder`` default to ``vae/`` and ``text_encoder/`` beside ``unet/``; the schedule is
     read from ``scheduler/scheduler_config.json`` there when present (SD's scaled-linear ε schedule otherwise).
     """
-    src, config = _read_unet_dir(Path(src))
+    src, config = read_diffusers_config(Path(src), "UNet2DConditionModel", "unet")
     root = src.parent if src.name == "unet" else src
     section, text_width = unet_model_section(config)
     section["temporal_layers"] = temporal_layers

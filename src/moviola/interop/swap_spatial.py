@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Union
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -31,15 +30,13 @@ EXPORT_FILE = "export.json"
 def temporal_keys(model: nn.Module) -> set[str]:
     """The state-dict keys of a Video LDM's temporal layers: its ``parameter_groups("temporal")``, plus the
     buffers inside those layers (a fixed α)."""
-    from moviola.models.video_ldm.model import TEMPORAL_NAMES
-
     temporal = {id(p) for p in model.parameter_groups("temporal")}
     keys = set()
     for name, value in model.state_dict(keep_vars=True).items():
         if isinstance(value, nn.Parameter):
             if id(value) in temporal:
                 keys.add(name)
-        elif any(f".{part}." in f".{name}" for part in TEMPORAL_NAMES):
+        elif model.is_temporal(name):
             keys.add(name)
     return keys
 

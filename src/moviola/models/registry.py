@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from moviola.config import ConditionsConfig, LatteConfig, VideoLDMConfig, WaltConfig
+from moviola.config import ConditionsConfig, LatteConfig, VideoCrafterConfig, VideoLDMConfig, WaltConfig
 from moviola.models.latte import Latte
 from moviola.models.video_ldm import VideoLDM
+from moviola.models.videocrafter import VideoCrafter
 from moviola.models.walt import Walt
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "latte": (LatteConfig, Latte),
     "walt": (WaltConfig, Walt),
     "video_ldm": (VideoLDMConfig, VideoLDM),
+    "videocrafter": (VideoCrafterConfig, VideoCrafter),
 }
 
 

@@ -6,6 +6,15 @@
   and an optional text cross-attention sublayer (``context_dim``).
 - ``AlphaBlend``: ``h + (1 − α) · branch(h)``, α learned (sigmoid of a logit) or fixed.
 
+ModelScope's and VideoCrafter's plain-residual temporal layers (no α; they return the layer's *output*,
+input included, and carry the parameter names of diffusers' modules, so a ``UNet3DConditionModel``'s
+weights load into them unchanged):
+
+- ``TemporalConvLayer``: four GroupNorm-SiLU-Conv3d (3, 1, 1) layers on the clip, plus the input.
+- ``TemporalTransformer``: a transformer over the frames at each pixel (self-attention, then
+  self-attention again or cross-attention to the text, then GEGLU), with optional learned Shaw relative
+  positions (``RelativePosition``) and a causal mask, plus the input.
+
 All work on frames ``(B·T, C, H, W)``, as the 2-D network around them does, with ``frames`` = T
 frames per clip. Joint image-video batches: the last ``num_images`` frames of each clip are single
 images; the temporal branches act on the first ``T − num_images`` frames only (images never reach
@@ -24,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moviola.nn.attention import Attention, CrossAttention
+from moviola.nn.attention import Attention, CrossAttention, attention
 from moviola.nn.embeddings import rope_1d
+from moviola.nn.unet import FeedForward
 
 
 def _to_video(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -269,3 +279,248 @@ class AlphaBlend(nn.Module):
         # for a non-finite branch output. Elsewhere r is unchanged: h + (1 − α)·r as always.
         r = torch.where(keep, -0.0, r)
         return h + scale * r
+
+
+# ---------------------------------------------------------------- ModelScope / VideoCrafter: plain residuals
+def _on_video_frames(x: torch.Tensor, frames: int, num_images: int, fn) -> torch.Tensor:
+    """``fn(video frames (B·V, C, H, W), V)`` on each clip's first V = frames − num_images frames; the images
+    come out unchanged (they never enter ``fn``, so they never mix into the video)."""
+    B = _check_frames(x, frames, num_images)
+    if num_images == 0:
+        return fn(x, frames)
+    _, C, H, W = x.shape
+    V = frames - num_images
+    clips = x.reshape(B, frames, C, H, W)
+    video = fn(clips[:, :V].reshape(B * V, C, H, W), V).reshape(B, V, C, H, W)
+    return torch.cat([video, clips[:, V:]], dim=1).reshape(B * frames, C, H, W)
+
+
+class TemporalConvLayer(nn.Module):
+    """ModelScope's temporal convolution (VideoCrafter2's ``TemporalConvBlock``): ``conv1`` … ``conv4``, each
+    GroupNorm → SiLU → [Dropout, from conv2 on] → Conv3d with kernel (3, 1, 1), on the clip (B, C, T, H, W),
+    plus the input; the last convolution is zero-initialized, so the layer starts as the identity.
+
+    The parameter names are diffusers' ``TemporalConvLayer``'s (``conv1.0`` the norm, ``conv1.2`` the
+    convolution, ``conv2.3`` …), and so is the computation, which differs from ``TemporalConvBlock``'s: the
+    GroupNorms take their statistics over the whole clip (every frame), and time is zero-padded (the
+    convolutions' own padding). Returns the output, input included. With ``num_images`` > 0 only each clip's
+    video frames enter (the norms' statistics too) and the images come out unchanged.
+    """
+
+    def __init__(self, channels: int, groups: int = 32, dropout: float = 0.0, eps: float = 1e-5):
+        super().__init__()
+
+        def layer(first: bool) -> nn.Sequential:
+            parts = [nn.GroupNorm(groups, channels, eps=eps), nn.SiLU()]
+            if not first:
+                parts.append(nn.Dropout(dropout))
+            parts.append(nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+            return nn.Sequential(*parts)
+
+        self.conv1, self.conv2, self.conv3, self.conv4 = layer(True), layer(False), layer(False), layer(False)
+        nn.init.zeros_(self.conv4[-1].weight)  # the layer starts as the identity: the network is unchanged
+        nn.init.zeros_(self.conv4[-1].bias)
+
+    def _clip(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        v = _to_video(_standard_layout(x), frames)  # (B, C, T, H, W)
+        h = self.conv4(self.conv3(self.conv2(self.conv1(v))))
+        return _to_frames(v + h)  # (B·T, C, H, W)
+
+    def forward(self, x: torch.Tensor, frames: int, num_images: int = 0) -> torch.Tensor:
+        """x: (B·T, C, H, W), T = frames, the last num_images frames of each clip images -> the output, same shape."""
+        return _on_video_frames(x, frames, num_images, self._clip)
+
+
+class RelativePosition(nn.Module):
+    """Learned relative positions (Shaw, Uszkoreit, Vaswani 2018; VideoCrafter's ``RelativePosition``): one
+    vector of ``head_dim`` per offset j − i, clipped to [−max_distance, max_distance] (``embeddings_table``,
+    2·max_distance + 1 rows, shared by the heads). ``forward(Lq, Lk)`` -> (Lq, Lk, head_dim)."""
+
+    def __init__(self, head_dim: int, max_distance: int):
+        super().__init__()
+        if not _is_int(max_distance) or max_distance < 1:
+            raise ValueError(f"max_distance (temporal_length) must be a positive int, got {max_distance!r}")
+        self.max_distance = max_distance
+        self.embeddings_table = nn.Parameter(torch.empty(2 * max_distance + 1, head_dim))
+        nn.init.xavier_uniform_(self.embeddings_table)
+
+    def forward(self, length_q: int, length_k: int) -> torch.Tensor:
+        device = self.embeddings_table.device
+        offset = torch.arange(length_k, device=device)[None, :] - torch.arange(length_q, device=device)[:, None]
+        m = self.max_distance
+        return self.embeddings_table[offset.clamp(-m, m) + m]  # (Lq, Lk, head_dim)
+
+
+class TemporalAttention(nn.Module):
+    """Multi-head attention with diffusers' ``Attention`` names (bias-free ``to_q``/``to_k``/``to_v``,
+    ``to_out.0``), ``heads`` × ``head_dim`` wide: self-attention, or cross-attention to ``context_dim``-wide
+    tokens. ``relative_length``: learned Shaw relative positions on the keys and the values
+    (``relative_position_k`` / ``relative_position_v``, VideoCrafter's names), clipped at ± that many positions.
+
+    ``mask``: bool, broadcastable to (N, heads, Lq, Lk), True = may attend. Without relative positions this is
+    ``scaled_dot_product_attention``. With them, the scores gain q_i·a^K_ij (SDPA could take that as an
+    additive bias) but the output gains Σ_j p_ij a^V_ij, which needs the attention weights p themselves:
+    SDPA does not return them, so that path is written out (scores, softmax in float32, two einsums).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
+                 relative_length: int | None = None):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # diffusers' to_out.1 is a parameter-free dropout
+        self.relative = relative_length is not None
+        if self.relative:
+            self.relative_position_k = RelativePosition(head_dim, relative_length)
+            self.relative_position_v = RelativePosition(head_dim, relative_length)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        N, L, _ = x.shape
+        source = x if context is None else context
+
+        def split(y: torch.Tensor) -> torch.Tensor:  # (N, S, heads·head_dim) -> (N, heads, S, head_dim)
+            return y.view(N, y.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.to_q(x)), split(self.to_k(source)), split(self.to_v(source))
+        out = self._relative(q, k, v, mask) if self.relative else attention(q, k, v, mask)  # (N, heads, L, hd)
+        return self.to_out[0](out.transpose(1, 2).reshape(N, L, self.heads * self.head_dim))
+
+    def _relative(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax_j((q_i·k_j + q_i·a^K_ij) / √d) weighting (v_j + a^V_ij)."""
+        Lq, Lk = q.shape[2], k.shape[2]
+        a_k = self.relative_position_k(Lq, Lk).to(q.dtype)  # (Lq, Lk, hd)
+        a_v = self.relative_position_v(Lq, Lk).to(v.dtype)
+        scores = (q @ k.transpose(-1, -2) + torch.einsum("nhid,ijd->nhij", q, a_k)) * self.head_dim ** -0.5
+        scores = scores.float()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))  # every row keeps at least its own frame
+        p = scores.softmax(dim=-1).to(v.dtype)  # (N, heads, Lq, Lk)
+        return p @ v + torch.einsum("nhij,ijd->nhid", p, a_v)
+
+
+class TemporalTransformerBlock(nn.Module):
+    """diffusers' ``BasicTransformerBlock`` as ``TransformerTemporalModel`` builds it: pre-LayerNorm
+    self-attention (``attn1``), a second attention (``attn2``: self-attention again, diffusers'
+    ``double_self_attention``; or cross-attention to the text with ``context_dim``), a GEGLU feed-forward.
+    The causal mask and the relative positions apply to the self-attentions."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
+                 relative_length: int | None = None):
+        super().__init__()
+        self.cross = context_dim is not None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = TemporalAttention(dim, heads, head_dim, relative_length=relative_length)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = TemporalAttention(dim, heads, head_dim, context_dim=context_dim,
+                                       relative_length=None if self.cross else relative_length)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B·H·W, T, dim), pixels of clip b first; mask (T, T) for the self-attentions; context (B, L, D) and
+        context_mask (B, 1, 1, L) for the cross-attention."""
+        x = x + self.attn1(self.norm1(x), mask=mask)
+        if not self.cross:
+            x = x + self.attn2(self.norm2(x), mask=mask)
+        else:
+            # every query attends independently: clip b's H·W·T queries attend to its text as one sequence
+            N, T, D = x.shape
+            B = context.shape[0]
+            q = self.norm2(x).reshape(B, N // B * T, D)  # (B, H·W·T, dim)
+            x = x + self.attn2(q, context, context_mask).reshape(N, T, D)
+        return x + self.ff(self.norm3(x))
+
+
+class TemporalTransformer(nn.Module):
+    """A transformer over the frames at each pixel (ModelScope's ``TransformerTemporalModel``, VideoCrafter's
+    ``TemporalTransformer``), with diffusers' parameter names (``norm``, ``proj_in``,
+    ``transformer_blocks.k.{norm1, attn1.to_q, …, norm2, attn2, norm3, ff.net.0.proj, ff.net.2}``, ``proj_out``):
+
+        GroupNorm over the clip (B, C, T, H, W) → (B·H·W, T, C) → Linear proj_in to heads·head_dim →
+        ``num_layers`` transformer blocks → Linear proj_out (zero-initialized) → + the input
+
+    ``context_dim``: the blocks' second attention cross-attends to the text (VideoCrafter's
+    ``only_self_att=False``; forward then takes ``context`` (B, L, context_dim) and ``context_mask`` (B, L),
+    True = a real token, a row with none attends to every token as the U-Net's spatial cross-attention does);
+    None: self-attention twice (ModelScope, VideoCrafter's default). ``relative_position``: learned Shaw
+    relative positions in every self-attention, clipped at ± ``temporal_length`` frames (VideoCrafter 1).
+    ``causal``: frame i attends to frames j ≤ i only. Returns the output, input included; with
+    ``num_images`` > 0 only each clip's video frames enter (the norm's statistics too), the images come out
+    unchanged.
+    """
+
+    def __init__(self, channels: int, groups: int, num_heads: int, head_dim: int, num_layers: int = 1,
+                 context_dim: int | None = None, relative_position: bool = False, temporal_length: int = 16,
+                 causal: bool = False, eps: float = 1e-6):
+        super().__init__()
+        for name, value in (("num_heads", num_heads), ("head_dim", head_dim), ("num_layers", num_layers)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if context_dim is not None and (not _is_int(context_dim) or context_dim < 1):
+            raise ValueError(f"context_dim must be None or a positive int (the text width), got {context_dim!r}")
+        inner = num_heads * head_dim
+        self.context_dim, self.causal = context_dim, bool(causal)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            TemporalTransformerBlock(inner, num_heads, head_dim, context_dim,
+                                     temporal_length if relative_position else None) for _ in range(num_layers))
+        self.proj_out = nn.Linear(inner, channels)
+        nn.init.zeros_(self.proj_out.weight)  # the layer starts as the identity: the network is unchanged
+        nn.init.zeros_(self.proj_out.bias)
+
+    def causal_mask(self, frames: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """(T, T) bool, True where frame i may attend to frame j (j ≤ i); None when not causal."""
+        if not self.causal:
+            return None
+        return torch.ones(frames, frames, dtype=torch.bool, device=device).tril()
+
+    def _text(self, B: int, context: torch.Tensor | None,
+              context_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The text and its attention mask (B, 1, 1, L), checked."""
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("context/context_mask given to a TemporalTransformer without text cross-attention "
+                                 "(construct it with context_dim)")
+            return None, None
+        if context is None:
+            raise ValueError(f"context is required: this TemporalTransformer cross-attends to the text "
+                             f"(context_dim={self.context_dim}); pass context of shape (B, L, {self.context_dim})")
+        if context.dim() != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+            raise ValueError(f"context must have shape (B, L, context_dim) = ({B}, L, {self.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        if context_mask is None:
+            return context, None
+        if tuple(context_mask.shape) != tuple(context.shape[:2]):
+            raise ValueError(f"context_mask must have shape (B, L) = {tuple(context.shape[:2])}, "
+                             f"got {tuple(context_mask.shape)}")
+        keep = context_mask.to(torch.bool)
+        keep = keep | ~keep.any(dim=-1, keepdim=True)  # no real token: attend to all (never NaN)
+        return context, keep[:, None, None, :]
+
+    def _clip(self, x: torch.Tensor, frames: int, context: torch.Tensor | None,
+              context_mask: torch.Tensor | None) -> torch.Tensor:
+        BT, C, H, W = x.shape
+        B = BT // frames
+        v = _to_video(_standard_layout(x), frames)  # (B, C, T, H, W)
+        h = self.norm(v).permute(0, 3, 4, 2, 1).reshape(B * H * W, frames, C)  # (B·H·W, T, C)
+        h = self.proj_in(h)  # (B·H·W, T, heads·head_dim)
+        mask = self.causal_mask(frames, x.device)
+        for block in self.transformer_blocks:
+            h = block(h, mask, context, context_mask)
+        h = self.proj_out(h)  # (B·H·W, T, C)
+        h = h.reshape(B, H, W, frames, C).permute(0, 3, 4, 1, 2).reshape(BT, C, H, W)  # (B·T, C, H, W)
+        return x + h
+
+    def forward(self, x: torch.Tensor, frames: int, num_images: int = 0, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B·T, C, H, W), T = frames, the last num_images frames of each clip images -> the output, same shape."""
+        B = _check_frames(x, frames, num_images)
+        context, context_mask = self._text(B, context, context_mask)
+        return _on_video_frames(x, frames, num_images, lambda v, f: self._clip(v, f, context, context_mask))

@@ -9,24 +9,13 @@ temporal branch's input by a zero-initialized projection, so the frozen spatial 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from moviola.models.unet_video import VideoState
 from moviola.nn.temporal import AlphaBlend, TemporalConvBlock, TemporalSelfAttention
-
-
-@dataclass
-class VideoState:
-    """What every temporal layer of one forward needs: the clip layout, the text, the context features."""
-
-    frames: int  # frames per clip in the frame batch (B·frames, C, H, W), images included
-    num_images: int = 0  # the last num_images frames of each clip are single images
-    text: Optional[torch.Tensor] = None  # (B, L, D)
-    text_mask: Optional[torch.Tensor] = None  # (B, L) bool
-    context: Optional[list[torch.Tensor]] = None  # per U-Net level: (B·frames, C_level, H_level, W_level)
 
 
 class ContextPyramid(nn.Module):

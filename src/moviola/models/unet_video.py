@@ -1,0 +1,152 @@
+"""What the U-Net video families share (Video LDM, VideoCrafter): Stable Diffusion's U-Net (nn/unet.py) run on
+the T frames of each clip as a batch of images, with temporal layers placed by its hook.
+
+``UNetVideoModel`` builds the U-Net from a family's ``UNetDims`` and hook, and holds the denoiser protocol's
+shared parts: the input checks, per-frame timesteps, the class embedding, the clip's text (repeated for each
+of its frames), ``parameter_groups`` (a family names its temporal modules) and the frame-batch round trip.
+A family adds its temporal layers and its own conditions (Video LDM: given frames into the temporal layers,
+a low-resolution video, a noise level; VideoCrafter: the frame rate, given frames along channels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from moviola.conditioning import Conditioning, check_accepted
+from moviola.config import ConditionsConfig
+from moviola.nn import LabelEmbedder, text_tokens
+from moviola.nn.unet import UNet2D
+
+
+@dataclass
+class VideoState:
+    """What every temporal layer of one forward needs (the U-Net passes it to each, unchanged)."""
+
+    frames: int  # frames per clip in the frame batch (B·frames, C, H, W), images included
+    num_images: int = 0  # the last num_images frames of each clip are single images
+    text: Optional[torch.Tensor] = None  # (B, L, D)
+    text_mask: Optional[torch.Tensor] = None  # (B, L) bool
+    context: Optional[list[torch.Tensor]] = None  # Video LDM: the given frames' features, one map per level
+
+
+def to_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> the frame batch (B·T, C, H, W)."""
+    B, C, T, H, W = x.shape
+    return x.transpose(1, 2).reshape(B * T, C, H, W)
+
+
+class UNetVideoModel(nn.Module):
+    """The shared half of a U-Net video denoiser; a family sets the class attributes below and builds its U-Net
+    with ``build_unet(hook)``."""
+
+    family: ClassVar[str]
+    display_name: ClassVar[str]  # in messages: "Video LDM", "VideoCrafter"
+    temporal_names: ClassVar[tuple[str, ...]]  # module names whose parameters train.stage=temporal trains
+    joint_images = True  # image frames bypass every temporal layer
+
+    def setup(self, cfg, conditions: ConditionsConfig, in_channels: int) -> None:
+        """The attributes every U-Net family has; refuses a condition the family cannot take."""
+        unsupported = [n for n in conditions.wanted() if n not in cfg.takes]
+        if unsupported:
+            raise ValueError(f"{self.display_name} does not take the condition(s) {unsupported}; it takes "
+                             f"{sorted(cfg.takes)}")
+        self.config, self.conditions, self.dims = cfg, conditions, cfg.dims()
+        self.in_channels, self.learned_sigma = in_channels, cfg.learned_sigma
+        self.out_channels = 2 * in_channels if cfg.learned_sigma else in_channels
+        self.num_classes, self.text_channels = conditions.num_classes, conditions.text_channels
+
+    def build_unet(self, in_channels: int, temporal: Optional[Callable]) -> None:
+        """``self.unet`` (spatial transformers at the attention resolutions, SD's mid block) and the class
+        embedding added to its timestep embedding."""
+        dims, levels = self.dims, range(len(self.dims.block_out_channels))
+        down = tuple("CrossAttnDownBlock2D" if 2 ** i in dims.attention_resolutions else "DownBlock2D" for i in levels)
+        up = tuple("CrossAttnUpBlock2D" if 2 ** i in dims.attention_resolutions else "UpBlock2D"
+                   for i in reversed(levels))
+        self.unet = UNet2D(
+            in_channels=in_channels, out_channels=self.out_channels, block_out_channels=dims.block_out_channels,
+            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+            layers_per_block=dims.layers_per_block, attention_head_dim=dims.heads(),
+            cross_attention_dim=self.text_channels, norm_num_groups=dims.norm_num_groups,
+            transformer_layers_per_block=self.config.transformer_layers,
+            use_linear_projection=dims.use_linear_projection, temporal=temporal)
+        self.label_embedding = LabelEmbedder(self.num_classes, self.unet.time_embed_dim) if self.num_classes else None
+        if self.label_embedding is not None:
+            nn.init.normal_(self.label_embedding.embedding_table.weight, std=0.02)
+
+    @classmethod
+    def from_config(cls, cfg, conditions: ConditionsConfig, in_channels: int):
+        """The denoiser protocol's constructor (models/base.py)."""
+        return cls(cfg, conditions, in_channels)
+
+    def parameter_groups(self, stage: str) -> list[nn.Parameter]:
+        """``all``; ``temporal``: the family's temporal modules; ``spatial``: the rest (the image model)."""
+        if stage == "all":
+            return list(self.parameters())
+        if stage not in ("temporal", "spatial"):
+            raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
+        temporal = stage == "temporal"
+        return [p for name, p in self.named_parameters() if self.is_temporal(name) == temporal]
+
+    @classmethod
+    def is_temporal(cls, name: str) -> bool:
+        return any(f".{part}." in f".{name}" for part in cls.temporal_names)
+
+    # ------------------------------------------------------------------ forward pieces
+    def check_input(self, x: torch.Tensor, cond: Optional[Conditioning], num_images: int) -> None:
+        check_accepted(cond, self.accepts, type(self).__name__)
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels: x_t of shape (B, {self.in_channels}, T, H, W), "
+                             f"got {tuple(x.shape)}")
+        if not 0 <= num_images < x.shape[2]:
+            raise ValueError(f"num_images={num_images} must be fewer than the {x.shape[2]} frames")
+
+    def frame_timesteps(self, t: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """(B·T,): each frame's timestep (``t`` is (B,) or per frame (B, T))."""
+        t = torch.as_tensor(t)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1 and t.shape[0] == batch:
+            t = t[:, None].expand(batch, frames)
+        if t.shape != (batch, frames):
+            raise ValueError(f"timesteps must have shape (B,) or (B, T) = ({batch}, {frames}), got {tuple(t.shape)}")
+        return t.reshape(batch * frames)
+
+    def class_embedding(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
+        """The class embedding per frame (B·T, E), or None for a model without classes."""
+        if self.label_embedding is None:
+            return None
+        labels = None if cond is None else cond.labels
+        if labels is None:
+            raise ValueError(f"this {self.display_name} is class-conditional ({self.num_classes} classes): "
+                             "pass Conditioning(labels=...) (-1 for the null class)")
+        if labels.shape == (batch,):
+            labels = labels[:, None].expand(batch, frames)
+        if labels.shape != (batch, frames):
+            raise ValueError(f"labels must have shape (B,) or (B, T) = ({batch}, {frames}); got {tuple(labels.shape)}")
+        return self.label_embedding(labels.reshape(-1))
+
+    def clip_text(self, cond: Optional[Conditioning], batch: int):
+        """The clip's text tokens (B, L, D) and mask, or None for a model without text (required with it)."""
+        if not self.text_channels:
+            return None
+        text = text_tokens(cond, batch, self.text_channels)
+        if text is None:
+            raise ValueError(f"this {self.display_name} is text-conditioned: pass Conditioning(text=..., "
+                             "text_mask=...) (the empty prompt's embedding is the null condition)")
+        return text
+
+    def run_unet(self, inputs: torch.Tensor, t: torch.Tensor, emb: Optional[torch.Tensor], video: VideoState,
+                 shape: tuple[int, ...]) -> torch.Tensor:
+        """The U-Net on the frame batch ``inputs`` (B·T, C_in, H, W), each frame with its clip's text -> (B, C_out,
+        T, H, W); ``shape`` is x_t's."""
+        B, _, T, H, W = shape
+        context = context_mask = None
+        if video.text is not None:  # the clip's text, for each of its frames
+            context = video.text.repeat_interleave(T, dim=0)
+            context_mask = None if video.text_mask is None else video.text_mask.repeat_interleave(T, dim=0)
+        out = self.unet(inputs, self.frame_timesteps(t, B, T), context=context, context_mask=context_mask,
+                        emb=emb, video=video)  # (B·T, C_out, H, W)
+        return out.view(B, T, self.out_channels, H, W).transpose(1, 2)
