@@ -473,14 +473,53 @@ class VideoCrafterConfig:
     addition_attention: bool = True
     input_attention_heads: int = 8
     input_attention_head_channels: Optional[int] = None
+    # image-to-video (VideoCrafter1; DynamiCrafter): image tokens -> a Perceiver resampler (resampler_queries
+    # tokens of the text's width) -> a second cross-attention in every spatial transformer, beside the text's, with
+    # the text's query and its own to_k_ip/to_v_ip, added × image_scale. Where the tokens come from:
+    #   none:   no image branch (text-to-video; given frames, if any, only along channels)
+    #   latent: a small trainable patch encoder inside the model reads the given first frame, context frame 0
+    #           (m ∘ z, m) of conditions.context_frames (context_mode: first gives it): no CLIP needed
+    #   tokens: a frozen image encoder's tokens (CLIP ViT-H/14's 257×1280) arrive as Conditioning.image_tokens
+    #           (conditions.image)
+    # An example with no frame 0 given (its context_mask is zero there), or with all-zero / no image tokens (the
+    # null image of guidance and of conditions.*_dropout), gets no image contribution at all.
+    image_encoder: Literal["none", "latent", "tokens"] = "none"
+    # the width of the tokens the resampler reads: tokens: the frozen encoder's (required; OpenCLIP-H: 1280);
+    # latent: the patch encoder's (null: 64)
+    image_token_dim: Optional[int] = None
+    image_patch: int = 1  # latent: the patch encoder's patch, in latent pixels (8×8 latents, patch 1: 64 tokens)
+    image_encoder_depth: int = 2  # latent: its pre-norm transformer layers
+    image_encoder_heads: int = 4  # latent: its attention heads
+    resampler_queries: int = 16  # the image tokens the U-Net attends to, per clip (VC1: 16)
+    resampler_depth: int = 4
+    resampler_dim: Optional[int] = None  # the resampler's width (null: conditions.text_channels, as VC1's 1024)
+    resampler_heads: int = 12
+    resampler_head_channels: int = 64
+    image_scale: float = 1.0  # the image attention's factor (VC1's image_cross_attention_scale)
+    image_scale_learnable: bool = False  # DynamiCrafter's per-layer gate: image_scale · (tanh(alpha) + 1), alpha = 0
+    # DynamiCrafter's "hybrid": the given frames (m ∘ z, m) are ALSO concatenated to x_t along channels. That
+    # concatenation is conditions.context_frames itself, so true (the default) changes nothing: with context
+    # frames they are concatenated, without them there is nothing to concatenate. false: with image_encoder=latent,
+    # the given frames are NOT concatenated and reach the model only through the image branch (VC1's image-to-video)
+    image_concat: bool = True
 
-    takes: ClassVar[frozenset] = frozenset({"labels", "text", "fps", "context_frames"})
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "fps", "context_frames", "image"})
     joint_images: ClassVar[bool] = True  # image frames bypass every temporal layer
     RANGES: ClassVar[tuple] = (("model.layers_per_block", 1, 16), ("model.num_heads", 1, None),
                                ("model.head_channels", 1, None), ("model.norm_num_groups", 1, None),
                                ("model.transformer_layers", 1, 64), ("model.temporal_length", 1, 4096),
                                ("model.input_attention_heads", 1, None),
-                               ("model.input_attention_head_channels", 1, None))
+                               ("model.input_attention_head_channels", 1, None),
+                               ("model.image_token_dim", 1, None), ("model.image_patch", 1, None),
+                               ("model.image_encoder_depth", 0, 64), ("model.image_encoder_heads", 1, None),
+                               ("model.resampler_queries", 1, 4096), ("model.resampler_depth", 1, 64),
+                               ("model.resampler_dim", 1, None), ("model.resampler_heads", 1, None),
+                               ("model.resampler_head_channels", 1, None), ("model.image_scale", 0.0, None))
+    # the image branch's keys, and their values without one
+    IMAGE_KEYS: ClassVar[dict] = {"image_token_dim": None, "image_patch": 1, "image_encoder_depth": 2,
+                                  "image_encoder_heads": 4, "resampler_queries": 16, "resampler_depth": 4,
+                                  "resampler_dim": None, "resampler_heads": 12, "resampler_head_channels": 64,
+                                  "image_scale": 1.0, "image_scale_learnable": False, "image_concat": True}
 
     @staticmethod
     def migrate(section: dict) -> list[tuple[str, str]]:
@@ -502,12 +541,58 @@ class VideoCrafterConfig:
         dims = self.dims()
         return dims.block_out_channels[0] // dims.heads()[0]
 
+    def image_token_width(self) -> Optional[int]:
+        """The width of the tokens the resampler reads (None without an image branch)."""
+        if self.image_encoder == "none":
+            return None
+        return self.image_token_dim if self.image_token_dim is not None or self.image_encoder == "tokens" else 64
+
+    def check_image(self, conditions) -> None:
+        """The image branch's rules against the run's conditions (also checked when a model is built)."""
+        mode = self.image_encoder
+        if mode == "none":
+            changed = [k for k, v in self.IMAGE_KEYS.items() if getattr(self, k) != v]
+            if changed:
+                raise ConfigError(f"model.{changed[0]}={getattr(self, changed[0])!r} is an image-branch key: set "
+                                  "model.image_encoder (latent or tokens) or leave it at its default")
+            if conditions.image:
+                raise ConfigError("conditions.image (image tokens) needs model.image_encoder=tokens to read them")
+            return
+        if not conditions.text_channels:
+            raise ConfigError(f"model.image_encoder={mode}: the image cross-attention shares the text's query and "
+                              "width: set conditions.text_channels")
+        if mode == "latent" and not conditions.context_frames:
+            raise ConfigError("model.image_encoder=latent encodes the given first frame (context frame 0): set "
+                              "conditions.context_frames=true (with conditions.context_mode=first)")
+        if mode == "latent" and conditions.image:
+            raise ConfigError("conditions.image (image tokens) needs model.image_encoder=tokens; "
+                              "model.image_encoder=latent encodes the given first frame itself")
+        if mode == "tokens" and not conditions.image:
+            raise ConfigError("model.image_encoder=tokens reads Conditioning.image_tokens: set conditions.image=true")
+        if mode == "tokens" and self.image_token_dim is None:
+            raise ConfigError("model.image_token_dim is not set: give the image encoder's token width "
+                              "(OpenCLIP ViT-H/14: 1280)")
+        if not self.image_concat and mode != "latent":
+            raise ConfigError("model.image_concat=false (the given frames only through the image branch) needs "
+                              "model.image_encoder=latent")
+        width = self.image_token_width()
+        if mode == "latent" and (width % 4 or width % self.image_encoder_heads):
+            raise ConfigError(f"model.image_token_dim={width} (the latent patch encoder's width) must be divisible "
+                              f"by 4 (2-D sin-cos positions) and by model.image_encoder_heads="
+                              f"{self.image_encoder_heads}")
+
     def validate(self, run) -> None:
-        """VideoCrafter's rules against the rest of the run: latent size, the temporal text attention."""
+        """VideoCrafter's rules against the rest of the run: latent size, the temporal text attention, the image
+        branch."""
         check_unet_size(run, self.dims())
         if not self.temporal_self_attention_only and not run.conditions.text_channels:
             raise ConfigError("model.temporal_self_attention_only=false cross-attends to the text in the temporal "
                               "transformers: set conditions.text_channels (or leave it true)")
+        self.check_image(run.conditions)
+        latent = run.data.size // autoencoder_spatial_factor(run.autoencoder)
+        if self.image_encoder == "latent" and latent % self.image_patch:
+            raise ConfigError(f"model.image_patch={self.image_patch} does not divide the {latent}×{latent} latent "
+                              f"(data.size={run.data.size})")
 
 
 # family -> its config class; models/registry.py pairs each with its model class

@@ -58,9 +58,10 @@ class UNetVideoModel(nn.Module):
         self.out_channels = 2 * in_channels if cfg.learned_sigma else in_channels
         self.num_classes, self.text_channels = conditions.num_classes, conditions.text_channels
 
-    def build_unet(self, in_channels: int, temporal: Optional[Callable]) -> None:
+    def build_unet(self, in_channels: int, temporal: Optional[Callable], **image_attention) -> None:
         """``self.unet`` (spatial transformers at the attention resolutions, SD's mid block) and the class
-        embedding added to its timestep embedding."""
+        embedding added to its timestep embedding. ``image_attention``: nn/unet's dual cross-attention options
+        (``image_cross_attention=True``, its scale), for a family with image tokens."""
         dims, levels = self.dims, range(len(self.dims.block_out_channels))
         down = tuple("CrossAttnDownBlock2D" if 2 ** i in dims.attention_resolutions else "DownBlock2D" for i in levels)
         up = tuple("CrossAttnUpBlock2D" if 2 ** i in dims.attention_resolutions else "UpBlock2D"
@@ -71,7 +72,7 @@ class UNetVideoModel(nn.Module):
             layers_per_block=dims.layers_per_block, attention_head_dim=dims.heads(),
             cross_attention_dim=self.text_channels, norm_num_groups=dims.norm_num_groups,
             transformer_layers_per_block=self.config.transformer_layers,
-            use_linear_projection=dims.use_linear_projection, temporal=temporal)
+            use_linear_projection=dims.use_linear_projection, temporal=temporal, **image_attention)
         self.label_embedding = LabelEmbedder(self.num_classes, self.unet.time_embed_dim) if self.num_classes else None
         if self.label_embedding is not None:
             nn.init.normal_(self.label_embedding.embedding_table.weight, std=0.02)
@@ -139,14 +140,16 @@ class UNetVideoModel(nn.Module):
         return text
 
     def run_unet(self, inputs: torch.Tensor, t: torch.Tensor, emb: Optional[torch.Tensor], video: VideoState,
-                 shape: tuple[int, ...]) -> torch.Tensor:
-        """The U-Net on the frame batch ``inputs`` (B·T, C_in, H, W), each frame with its clip's text -> (B, C_out,
-        T, H, W); ``shape`` is x_t's."""
+                 shape: tuple[int, ...], image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The U-Net on the frame batch ``inputs`` (B·T, C_in, H, W), each frame with its clip's text (and image
+        tokens ``image`` (B·T, Q, D) for a U-Net with dual cross-attention) -> (B, C_out, T, H, W); ``shape`` is
+        x_t's."""
         B, _, T, H, W = shape
         context = context_mask = None
         if video.text is not None:  # the clip's text, for each of its frames
             context = video.text.repeat_interleave(T, dim=0)
             context_mask = None if video.text_mask is None else video.text_mask.repeat_interleave(T, dim=0)
+        extra = {} if image is None else {"image_context": image}
         out = self.unet(inputs, self.frame_timesteps(t, B, T), context=context, context_mask=context_mask,
-                        emb=emb, video=video)  # (B·T, C_out, H, W)
+                        emb=emb, video=video, **extra)  # (B·T, C_out, H, W)
         return out.view(B, T, self.out_channels, H, W).transpose(1, 2)

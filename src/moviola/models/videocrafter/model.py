@@ -12,7 +12,19 @@ with plain-residual temporal layers.
 - Conditions: the frame rate (``conditions.fps``: sinusoidal features → a 2-layer MLP shaped like the
   timestep embedding's, added to it, as VideoCrafter's ``fps_cond``) and class labels are added to the
   timestep embedding; given frames ``(m ∘ z, m)`` are concatenated to x_t along channels (DynamiCrafter's
-  image latent, ``conditions.context_frames``).
+  image latent, ``conditions.context_frames``; ``model.image_concat=false`` leaves them out).
+- Image-to-video (VideoCrafter1, ``model.image_encoder``): image tokens — from a small trainable
+  ``PatchImageEncoder`` on the given first frame's ``(m ∘ z, m)`` (``latent``: context frame 0), or a frozen
+  encoder's ``Conditioning.image_tokens`` (``tokens``: CLIP) — go through a Perceiver ``Resampler``
+  (``image_proj_model``, VideoCrafter's name) to ``resampler_queries`` tokens of the text's width, the same for
+  every frame of the clip, into a second cross-attention beside the text's in every spatial transformer (shared
+  query, ``to_k_ip``/``to_v_ip``; nn/unet.py), added × ``image_scale`` (× DynamiCrafter's learned gate). With
+  context frames too it is DynamiCrafter's "hybrid". ``to_v_ip`` starts at zero (ours): the untrained image
+  branch adds nothing, so a model warm-started from a text-to-video one is that model until it learns.
+  The null image: an example with no frame 0 given, or with no / all-zero image tokens, and the trailing
+  single images of a joint batch (frames of other clips), get all-zero resampled tokens, which through the
+  bias-free ``to_k_ip``/``to_v_ip`` add exactly ``softmax(0) · 0 = 0``: that example's output is the text-only
+  model's, bit for bit.
 """
 from __future__ import annotations
 
@@ -25,8 +37,9 @@ from moviola.conditioning import Conditioning
 from moviola.config import ConditionsConfig, VideoCrafterConfig
 from moviola.models.unet_video import UNetVideoModel, VideoState, to_frames
 from moviola.models.videocrafter.blocks import VideoConv, VideoTransformer
-from moviola.nn import with_context
-from moviola.nn.unet import TimestepEmbedding, timestep_features
+from moviola.nn import PatchImageEncoder, with_context
+from moviola.nn.resampler import Resampler
+from moviola.nn.unet import TimestepEmbedding, UNetAttention, timestep_features
 
 
 class VideoCrafter(UNetVideoModel):
@@ -46,12 +59,16 @@ class VideoCrafter(UNetVideoModel):
         if not cfg.temporal_self_attention_only and not conditions.text_channels:
             raise ValueError("model.temporal_self_attention_only=false cross-attends to the text: set "
                              "conditions.text_channels")
+        cfg.check_image(conditions)
         self.setup(cfg, conditions, in_channels)
         self.context_frames, self.fps = conditions.context_frames, conditions.fps
+        self.image_mode = cfg.image_encoder  # none | latent | tokens
+        self.concat_context = self.context_frames and cfg.image_concat
         self.accepts = frozenset(({"labels"} if self.num_classes else set())
                                  | ({"text", "text_mask"} if self.text_channels else set())
                                  | ({"context", "context_mask"} if self.context_frames else set())
-                                 | ({"fps"} if self.fps else set()))
+                                 | ({"fps"} if self.fps else set())
+                                 | ({"image_tokens"} if self.image_mode == "tokens" else set()))
         channels = self.dims.block_out_channels
         self._heads = dict(zip(channels, self.dims.heads()))  # a temporal transformer has its level's heads
         self.build_unet(sum(n for _, n in self.input_groups(cfg, conditions, in_channels)), self._temporal_layer)
@@ -61,6 +78,41 @@ class VideoCrafter(UNetVideoModel):
         if self.fps_embedding is not None:
             nn.init.zeros_(self.fps_embedding.linear_2.weight)
             nn.init.zeros_(self.fps_embedding.linear_2.bias)
+        self._build_image_branch(cfg, in_channels)
+
+    def _build_image_branch(self, cfg: VideoCrafterConfig, in_channels: int) -> None:
+        """``image_encoder`` (latent: the trainable patch encoder on frame 0's ``(m ∘ z, m)``) and
+        ``image_proj_model`` (the resampler); ``to_v_ip`` of every image attention starts at zero."""
+        self.image_encoder = self.image_proj_model = None
+        if self.image_mode == "none":
+            return
+        width = cfg.image_token_width()
+        if self.image_mode == "latent":
+            self.image_encoder = PatchImageEncoder(in_channels + 1, width, cfg.image_patch, cfg.image_encoder_depth,
+                                                   cfg.image_encoder_heads)
+        self.image_proj_model = Resampler(
+            dim=cfg.resampler_dim or self.text_channels, depth=cfg.resampler_depth,
+            dim_head=cfg.resampler_head_channels, heads=cfg.resampler_heads, num_queries=cfg.resampler_queries,
+            embedding_dim=width, output_dim=self.text_channels, ff_mult=4)
+        for m in self.unet.modules():
+            if isinstance(m, UNetAttention) and m.to_v_ip is not None:
+                nn.init.zeros_(m.to_v_ip.weight)
+
+    def build_unet(self, in_channels: int, temporal) -> None:
+        """The shared U-Net; with an image branch, with nn/unet's dual cross-attention."""
+        cfg = self.config
+        if cfg.image_encoder == "none":
+            return super().build_unet(in_channels, temporal)
+        super().build_unet(in_channels, temporal, image_cross_attention=True,
+                           image_cross_attention_scale=float(cfg.image_scale),
+                           image_cross_attention_scale_learnable=cfg.image_scale_learnable)
+
+    def parameter_groups(self, stage: str) -> list[nn.Parameter]:
+        """``all``; ``temporal``: the temporal layers only; ``spatial``: everything else — the image branch
+        included (``image_encoder``, ``image_proj_model`` and every ``to_k_ip``/``to_v_ip``/``alpha``): it is
+        part of the image model, so VideoCrafter2's spatial-only fine-tune updates it and a temporal-only stage
+        leaves it frozen."""
+        return super().parameter_groups(stage)
 
     def _temporal_layer(self, kind: str, channels: int, path: str) -> Optional[nn.Module]:
         """The U-Net hook: the temporal layer after the spatial layer at ``path`` ("input": after conv_in), or None."""
@@ -82,8 +134,10 @@ class VideoCrafter(UNetVideoModel):
 
     @staticmethod
     def input_groups(cfg: VideoCrafterConfig, conditions: ConditionsConfig, in_channels: int) -> list[tuple[str, int]]:
-        """The channel groups of ``unet.conv_in``'s input: x_t, then (m ∘ z, m) with context frames."""
-        return [("x_t", in_channels)] + ([("context", in_channels + 1)] if conditions.context_frames else [])
+        """The channel groups of ``unet.conv_in``'s input: x_t, then (m ∘ z, m) with context frames (unless
+        ``model.image_concat=false``: then they enter through the image branch only)."""
+        concat = conditions.context_frames and cfg.image_concat
+        return [("x_t", in_channels)] + ([("context", in_channels + 1)] if concat else [])
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
@@ -94,8 +148,45 @@ class VideoCrafter(UNetVideoModel):
         text = self.clip_text(cond, B)
         video = VideoState(frames=T, num_images=num_images, text=text[0] if text else None,
                            text_mask=text[1] if text else None)
-        inputs = to_frames(with_context(x, cond) if self.context_frames else x)  # (B·T, C_in, H, W)
-        return self.run_unet(inputs, t, self._embedding(cond, B, T), video, x.shape)
+        given = with_context(x, cond) if self.context_frames else None  # (x_t, m ∘ z, m), checked
+        inputs = to_frames(given if self.concat_context else x)  # (B·T, C_in, H, W)
+        emb = self._embedding(cond, B, T)
+        if self.image_mode == "none":
+            return self.run_unet(inputs, t, emb, video, x.shape)
+        image = self.image_tokens(x, cond, given, num_images)  # (B·T, Q, text_channels)
+        return self.run_unet(inputs, t, emb, video, x.shape, image)
+
+    # ------------------------------------------------------------------ the image branch
+    def image_tokens(self, x: torch.Tensor, cond: Optional[Conditioning], given: Optional[torch.Tensor],
+                     num_images: int = 0) -> torch.Tensor:
+        """The resampled image tokens of each frame (B·T, Q, text_channels): the clip's, repeated per frame;
+        all zeros (the null image: no contribution) for a clip without an image and for the trailing
+        ``num_images`` single images. ``given`` is ``with_context``'s (B, 2C+1, T, H, W) in latent mode."""
+        B, C, T = x.shape[:3]
+        if self.image_mode == "latent":
+            frame = given[:, C:, 0]  # (B, C+1, H, W): (m ∘ z, m) of frame 0
+            has_image = frame[:, C].flatten(1).ne(0).any(dim=1)  # (B,): frame 0 given (anywhere)
+            # encoded whenever frames are passed, even if none is given, so every step trains the same parameters
+            features = None if cond is None or cond.context is None else self.image_encoder(frame)
+        else:
+            features = None if cond is None else cond.image_tokens
+            if features is not None:
+                D = self.image_proj_model.embedding_dim
+                if features.dim() != 3 or features.shape[0] != B or features.shape[2] != D or features.shape[1] < 1:
+                    raise ValueError(f"image_tokens must have shape (B, L, model.image_token_dim) = ({B}, L, {D}), "
+                                     f"got {tuple(features.shape)}")
+                has_image = features.flatten(1).ne(0).any(dim=1)  # all zeros: the null image
+        dtype = self.unet.conv_in.weight.dtype
+        if features is None:  # no image anywhere in the batch
+            return torch.zeros(B * T, self.image_proj_model.num_tokens, self.text_channels, device=x.device,
+                               dtype=dtype)
+        tokens = self.image_proj_model(features).to(dtype)  # (B, Q, D)
+        frames = has_image[:, None].expand(B, T).clone()  # (B, T): which frames hear the clip's image
+        if num_images:
+            frames[:, T - num_images:] = False
+        tokens = tokens.unsqueeze(1).expand(B, T, *tokens.shape[1:])  # (B, T, Q, D)
+        tokens = torch.where(frames[:, :, None, None], tokens, torch.zeros((), dtype=dtype, device=x.device))
+        return tokens.reshape(B * T, *tokens.shape[2:])
 
     def _embedding(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
         """What is added to the timestep embedding, per frame (B·T, E): the class and the frame rate."""
