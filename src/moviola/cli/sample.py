@@ -1,4 +1,10 @@
-"""``moviola sample``: videos from a checkpoint, to one file (a grid) or a folder with a manifest."""
+"""``moviola sample``: videos from a checkpoint, to one file (a grid) or a folder with a manifest.
+
+``--fps F`` has one meaning: the rate the videos play at. The files are written at F (default 8), and a
+model trained with ``conditions.fps`` is also conditioned on F (default: its training data's rate,
+``data.fps / data.frame_strides[0]``, which the files then play at), so the motion plays at the speed the
+model made it for; the manifest then records each video's ``fps``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +43,10 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
     s.add_argument("--size", type=int, help="frame size in pixels (default: the training size)")
-    s.add_argument("--fps", type=int, default=8, help="frame rate of the written files")
+    s.add_argument("--fps", type=float, metavar="F",
+                   help="frame rate of the written files (default: 8); for a model trained with conditions.fps "
+                        "also its frame-rate condition, so the file plays the motion at the speed it was made for "
+                        "(default there: the training data's rate, data.fps / data.frame_strides[0])")
     s.add_argument("--out", help="output file: .mp4, .gif, or .png (a grid of all videos)")
     s.add_argument("--out-dir", help="write one file per video plus manifest.jsonl here")
     s.add_argument("--format", choices=["mp4", "gif", "png"], default="mp4", help="file type for --out-dir")
@@ -68,11 +77,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompts = [p for p in prompts for _ in range(args.num_videos)]
     elif "text" in pipe.accepts:
         raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    # one frame rate: the condition of a model trained with conditions.fps, and the rate the files play at
+    args.file_fps = pipe.frame_rate(args.fps)
     video = generate(pipe, args, labels, prompts)
     if args.out_dir:
         _write_folder(video, args, pipe, labels, prompts)
     if args.out:
-        _write_file(video, args)
+        _write_file(video, args, pipe)
     return 0
 
 
@@ -103,15 +114,24 @@ def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompt
                                num_videos=min(BATCH, n - start), num_frames=args.frames, height=args.size,
                                width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
                                seed=args.seed + start, batch_size=BATCH, progress=not args.quiet,
-                               context_guidance=getattr(args, "context_guidance", 1.0)))
+                               context_guidance=getattr(args, "context_guidance", 1.0),
+                               **({"fps": _fps(pipe, args)} if "fps" in getattr(pipe, "accepts", ()) else {})))
             bar.update(len(videos[-1]))
     return torch.cat(videos)
+
+
+def _fps(pipe, args: argparse.Namespace) -> float:
+    """The frame rate of the videos: --fps, else the pipeline's default (``Pipeline.frame_rate``)."""
+    rate = getattr(args, "file_fps", None)
+    return pipe.frame_rate(args.fps) if rate is None else rate
 
 
 def _check_sample_args(args: argparse.Namespace) -> None:
     """The argument errors found before a checkpoint is loaded (so a typo costs no load)."""
     if args.num_videos <= 0:
         raise ValueError("--num-videos must be at least 1")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number (frames per second), got {args.fps:g}")
     check_numbers(args)
     if not math.isfinite(getattr(args, "context_guidance", 1.0)):
         raise ValueError(f"--context-guidance must be a finite number, got {args.context_guidance}")
@@ -134,8 +154,10 @@ def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[i
         with open(out_dir / "manifest.jsonl", "w") as f:
             for i, v in enumerate(video):
                 name = f"{i:05d}.{args.format}"
-                save_video(v, out_dir / name, fps=args.fps)
+                save_video(v, out_dir / name, fps=_fps(pipe, args))
                 row = {"file": name, "seed": args.seed + i}
+                if "fps" in pipe.accepts:  # the frame-rate condition it was made with
+                    row["fps"] = _fps(pipe, args)
                 if labels is not None:
                     row["label"] = labels[i]
                     row.update(_label_caption(pipe, labels[i]))
@@ -148,15 +170,16 @@ def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[i
     print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
 
 
-def _write_file(video, args: argparse.Namespace) -> None:
+def _write_file(video, args: argparse.Namespace, pipe) -> None:
     """--out: one video as it is, several as a grid."""
     from moviola.video import save_video, save_video_grid
 
+    fps = _fps(pipe, args)
     with writing(args.out, "--out"):
         if len(video) == 1:
-            save_video(video[0], args.out, fps=args.fps)
+            save_video(video[0], args.out, fps=fps)
         else:
-            save_video_grid(video, args.out, fps=args.fps)
+            save_video_grid(video, args.out, fps=fps)
     print(f"wrote {args.out} ({len(video)} video{'s' if len(video) > 1 else ''}, "
           f"{video.shape[2]} frames of {video.shape[3]}×{video.shape[4]})")
 

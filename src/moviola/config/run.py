@@ -33,7 +33,9 @@ class ConditionsConfig:
     context_dropout: float = 0.1  # train with no frame given
     image: bool = False  # image tokens from an image encoder (VideoCrafter 1's image-to-video)
     image_dropout: float = 0.1
-    fps: bool = False  # a frame-rate (or frame-stride) embedding added to the timestep's
+    # the clip's frame rate, data.fps / its frame stride (data/strides.py), embedded and added to the timestep's
+    # (VideoCrafter's fps_cond); never dropped in training (not a guidance target). Sampling: pipe(fps=...)
+    fps: bool = False
     low_res: bool = False  # a low-resolution video to upsample (super-resolution cascades)
     noise_level: bool = False  # the noise-augmentation level of the low-resolution input
     self_cond: float = 0.0  # self-conditioning: the rate of training steps given the previous x0 estimate
@@ -63,7 +65,14 @@ class DataConfig:
     root: Optional[str] = None  # folder datasets
     size: int = 32
     frames: int = 16
-    frame_stride: int = 1
+    frame_stride: int = 1  # every clip takes every n-th frame of its source (Moving Shapes: of a longer clip)
+    # one stride per clip, drawn from this list as a pure function of (data.seed, the clip): the same in every
+    # epoch and run (data/strides.py); null = data.frame_stride for every clip. With conditions.fps a clip at
+    # stride s is conditioned on data.fps / s, and sampling defaults to data.fps / frame_strides[0]
+    frame_strides: Optional[tuple[int, ...]] = None
+    # the native frame rate of the data: Moving Shapes' is 8 (../shared/moving_shapes.md, and the rate moviola
+    # writes videos at); set a folder's own (e.g. 24 or 30)
+    fps: float = 8.0
     # where a folder's clip starts in its file: frame 0, or a start drawn once per file from (seed, index),
     # the same in every epoch and run (data/folders.py)
     clip_start: Literal["first", "random"] = "first"
@@ -169,6 +178,7 @@ class RunConfig:
                               f"{'videos' if d.dataset == 'folder' else 'images'})")
         if d.dataset == "images" and d.frames != 1:
             raise ConfigError(f"data.dataset=images gives one-frame videos: set data.frames=1 (got {d.frames})")
+        self._validate_strides()
         for name, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
                             ("train.checkpoint_every", t.checkpoint_every),
                             ("train.log_every", t.log_every), ("train.keep_last", t.keep_last),
@@ -202,6 +212,25 @@ class RunConfig:
             return self
         self.model.validate(self)
         return self
+
+    def _validate_strides(self) -> None:
+        d = self.data
+        if not d.fps > 0:
+            raise ConfigError(f"data.fps must be a positive number: the data's native frame rate (got {d.fps})")
+        if d.frame_strides is None:
+            return
+        if not d.frame_strides:
+            raise ConfigError("data.frame_strides is empty: list the frame strides to draw from (e.g. [1, 2, 3]), "
+                              "or null for data.frame_stride on every clip")
+        bad = [s for s in d.frame_strides if s < 1]
+        if bad:
+            raise ConfigError(f"data.frame_strides must be positive integers (got {bad[0]} in {list(d.frame_strides)})")
+        if d.frame_stride != 1:
+            raise ConfigError(f"data.frame_stride={d.frame_stride} and data.frame_strides={list(d.frame_strides)}: "
+                              "give one of them (a list of one stride is data.frame_stride)")
+        if d.dataset == "images":
+            raise ConfigError("data.frame_strides draws a frame stride per video clip: data.dataset=images has "
+                              "one-frame videos (leave it null)")
 
     def _validate_conditions(self) -> None:
         c = self.conditions

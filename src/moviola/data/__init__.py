@@ -2,18 +2,38 @@
 from __future__ import annotations
 
 
-def build_dataset(cfg, split: str = "train"):
-    """The dataset a ``data:`` section (DataConfig) describes."""
-    if cfg.clip_start != "first" and cfg.dataset != "folder":
-        from moviola.config import ConfigError
+def check_data(cfg) -> None:
+    """Refusals a ``data:`` section earns before anything is built: a ConfigError naming the keys."""
+    from moviola.config import ConfigError
 
+    if cfg.clip_start != "first" and cfg.dataset != "folder":
         raise ConfigError(f"data.clip_start={cfg.clip_start} picks where a clip starts in a video file: it applies to "
                           f"data.dataset=folder, not {cfg.dataset} (leave it at first)")
+    if cfg.dataset == "shapes" and not cfg.bounce:  # the object must stay inside for the whole span of motion
+        from moviola.data.shapes import SIZES, max_frames_without_bounce, span
+        from moviola.data.strides import strides_of
+
+        if cfg.size not in SIZES:
+            return  # MovingShapes names the size
+        limit, stride = max_frames_without_bounce(cfg.size), max(strides_of(cfg))
+        if stride > 1 and span(cfg.frames, stride) > limit:
+            key = "data.frame_strides" if getattr(cfg, "frame_strides", None) else "data.frame_stride"
+            raise ConfigError(
+                f"data.frames={cfg.frames} at frame stride {stride} ({key}) spans (frames - 1) * stride + 1 = "
+                f"{span(cfg.frames, stride)} frames of Moving Shapes motion, more than the {limit} that fit on the "
+                f"canvas without bounce: set data.bounce=true, or use at most {(limit - 1) // stride + 1} frames "
+                f"(or a smaller stride)")
+
+
+def build_dataset(cfg, split: str = "train"):
+    """The dataset a ``data:`` section (DataConfig) describes."""
+    check_data(cfg)
+    strides = getattr(cfg, "frame_strides", None)
     if cfg.dataset == "shapes":
         from moviola.data.shapes import MovingShapes
 
         return MovingShapes(split=split, count=cfg.count, size=cfg.size, frames=cfg.frames, seed=cfg.seed,
-                            bounce=cfg.bounce)
+                            bounce=cfg.bounce, stride=cfg.frame_stride, strides=strides)
     if cfg.dataset == "images":  # image diffusion: one-frame videos (data.frames must be 1)
         from moviola.data.folders import ImageFolder
 
@@ -21,7 +41,8 @@ def build_dataset(cfg, split: str = "train"):
     from moviola.data.folders import VideoFolder
 
     return VideoFolder(cfg.root, frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size,
-                       random_offset=cfg.clip_start == "random", offset_seed=cfg.seed)
+                       random_offset=cfg.clip_start == "random", offset_seed=cfg.seed,
+                       strides=strides, stride_seed=cfg.seed)
 
 
 def known_classes(cfg) -> "tuple[str, int] | None":

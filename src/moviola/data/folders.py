@@ -31,6 +31,10 @@ A clip starts at frame 0 of its file. With ``random_offset`` it starts at a rand
 from torch's global RNG at each read, or, given ``offset_seed``, once per file as a pure function
 of ``(offset_seed, index)`` (``data.clip_start: random``), so every epoch, resumed run, DataLoader
 worker and latent cache reads the same clip of a file.
+
+A clip takes every ``stride``-th frame. With ``strides`` (``data.frame_strides``) each file has its own
+stride, drawn from the list as a pure function of ``(stride_seed, its relative path)`` (data/strides.py),
+needs ``(frames - 1) * its stride + 1`` frames (else ``too_short``), and its items carry ``stride``.
 """
 
 from __future__ import annotations
@@ -40,12 +44,13 @@ import warnings
 import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from moviola.data.strides import check_strides, draw_stride
 from moviola.data.transforms import SizeLike, resize_and_crop, to_hw
 from moviola.video import VideoDecodeError, from_uint8, probe_video, read_video
 
@@ -225,7 +230,8 @@ class VideoFolder(_MediaFolder):
     Items are ``dict(video (3,T,H,W) float32 in [-1,1], label int64, caption str)``, the same as
     :class:`moviola.data.shapes.MovingShapes`. ``caption`` is ``""`` and ``label`` is -1 when the
     caption file has no entry for the file. Files are found recursively and sorted, so indices
-    are stable; caption entries name files by their path relative to ``root``.
+    are stable; caption entries name files by their path relative to ``root``. With ``strides`` each
+    file's clip is at its own stride (module docstring) and items also carry ``stride`` (int).
     """
 
     kind = "video"
@@ -240,6 +246,8 @@ class VideoFolder(_MediaFolder):
         random_offset: bool = False,
         probe: bool = True,
         offset_seed: Optional[int] = None,
+        strides: Optional[Sequence[int]] = None,
+        stride_seed: int = 0,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -249,7 +257,8 @@ class VideoFolder(_MediaFolder):
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive int, got {stride!r}")
         self.frames, self.stride, self.size = frames, stride, to_hw(size)
-        self.span = (frames - 1) * stride + 1  # source frames one clip covers
+        self.strides, self.stride_seed = check_strides(strides), int(stride_seed)
+        self.span = (frames - 1) * stride + 1  # source frames one clip covers (at its own stride with strides)
         self.random_offset = bool(random_offset)
         self.offset_seed = offset_seed
         self.skipped: Counter[str] = Counter()
@@ -270,43 +279,66 @@ class VideoFolder(_MediaFolder):
                 except VideoDecodeError:
                     self._skip(path, "unreadable")
                     continue
-                if length is not None and length < self.span:
+                if length is not None and length < self._span(path):
                     self._skip(path, "too_short")
                     continue
             self.files.append(path)
             self._lengths.append(length)
         if not self.files:
+            need = (f"{self.span} frames each" if self.strides is None else
+                    f"(frames - 1) * stride + 1 frames each at its stride, {min(self.strides)} .. {max(self.strides)}")
             raise ValueError(
                 f"no usable video in {str(self.root)!r}: {len(candidates)} files with suffixes "
-                f"{', '.join(VIDEO_SUFFIXES)}, skipped {dict(self.skipped)} (need {self.span} frames each)"
+                f"{', '.join(VIDEO_SUFFIXES)}, skipped {dict(self.skipped)} (need {need})"
             )
         self._bad: dict[int, str] = {}  # index -> reason, found while reading
 
+    def _stride_of_path(self, path: Path) -> int:
+        if self.strides is None:
+            return self.stride
+        name = zlib.crc32(path.relative_to(self.root).as_posix().encode())  # the file, not its index (as _offset)
+        return draw_stride(self.strides, self.stride_seed, name)
+
+    def _span(self, path: Path) -> int:
+        return (self.frames - 1) * self._stride_of_path(path) + 1
+
+    def stride_of(self, i: int) -> int:
+        """File ``i``'s frame stride: drawn from ``strides`` by ``(stride_seed, its relative path)``, else ``stride``."""
+        return self._stride_of_path(self.files[i])
+
     def _offset(self, i: int, length: int) -> int:
         """The first frame of file ``i``'s clip, in a file of ``length`` frames."""
-        if not self.random_offset or length <= self.span:
+        span = self._span(self.files[i])
+        if not self.random_offset or length <= span:
             return 0
         if self.offset_seed is not None:  # a pure function of (offset_seed, the file): every epoch, run and worker agree
             name = zlib.crc32(self.files[i].relative_to(self.root).as_posix().encode())  # not i: files may come and go
-            return int(np.random.default_rng([self.offset_seed, name]).integers(0, length - self.span + 1))
+            return int(np.random.default_rng([self.offset_seed, name]).integers(0, length - span + 1))
         # torch's RNG: seeded by torch.manual_seed and distinct per DataLoader worker
-        return int(torch.randint(0, length - self.span + 1, ()).item())
+        return int(torch.randint(0, length - span + 1, ()).item())
 
     def _read(self, i: int) -> np.ndarray:
         path, length = self.files[i], self._lengths[i]
+        stride, span = self.stride_of(i), self._span(path)
         if not (self.random_offset and length is None):
             start = self._offset(i, length or 0)
-            clip = read_video(path, stride=self.stride, max_frames=self.frames, start=start)
+            clip = read_video(path, stride=stride, max_frames=self.frames, start=start)
             if len(clip) == self.frames:
                 return clip
             if start == 0:
                 raise _TooShort
             # the header counted more frames than decode: pick the window in the frames there are
         every = read_video(path)  # length unknown: decode all once, then pick the window
-        if len(every) < self.span:
+        if len(every) < span:
             raise _TooShort
         start = self._offset(i, len(every))
-        return every[start : start + self.span : self.stride]
+        return every[start : start + span : stride]
+
+    def _item(self, i: int, clip: np.ndarray) -> dict:
+        item = super()._item(i, clip)
+        if self.strides is not None:  # the clip's own stride (its frame rate is data.fps / stride)
+            item["stride"] = self.stride_of(i)
+        return item
 
 
 class ImageFolder(_MediaFolder):

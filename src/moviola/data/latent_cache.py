@@ -6,11 +6,13 @@ encoded on first use (the posterior mean, normalized as the diffusion model sees
 to ``<cache>/latents/<key>/<i>.safetensors`` (atomically); later epochs and later runs read it.
 
 The key hashes the autoencoder's weights and normalization (its state dict and scale/shift), the
-data config (dataset, root, size, frames, stride, seed, count, bounce) and, for a folder, each
+data config (dataset, root, size, frames, stride, seed, count, bounce; ``clip_start`` and
+``frame_strides`` only when set, so older caches keep their key) and, for a folder, each
 file's name, size and modification time (an edited file is a different key) and the caption
 file's entries (captions and labels are stored with the latents). Items are deterministic (a folder's clip
 starts at frame 0, or with ``data.clip_start: random`` at a start drawn from ``(data.seed, index)``: the
-same in every epoch and run), which the trainer's exact-resume contract needs anyway.
+same in every epoch and run; with ``data.frame_strides`` its stride is drawn from ``(data.seed, the clip)`` and
+kept with the latent), which the trainer's exact-resume contract needs anyway.
 
 A file found unusable only when read (a webm too short for a clip) is read once, while the cache is
 filled: item ``i`` then holds the next usable item, as ``dataset[i]`` would. What the filling found
@@ -44,6 +46,10 @@ def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
     keep = {k: data_cfg.get(k) for k in ("dataset", "root", "size", "frames", "frame_stride", "seed", "count", "bounce")}
     if data_cfg.get("clip_start", "first") != "first":  # (not in the key by default: old caches stay valid)
         keep["clip_start"] = data_cfg["clip_start"]
+    if data_cfg.get("frame_strides") is not None:  # a stride per clip (likewise only when set)
+        keep["frame_strides"] = [int(s) for s in data_cfg["frame_strides"]]
+    if data_cfg.get("dataset") == "shapes" and data_cfg.get("frame_stride", 1) != 1:
+        keep["shapes_stride"] = True  # Moving Shapes ignored data.frame_stride before it took strides: a new key
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     for f in getattr(dataset, "files", []):  # a folder: names, sizes and modification times of its files
         st = Path(f).stat()
@@ -120,12 +126,16 @@ class LatentCache(Dataset):
 
         self.encoded += 1
         item = {"latent": latent, "label": torch.as_tensor(raw.get("label", -1)).long(), "caption": raw.get("caption", "")}
+        tensors = {"latent": latent.contiguous(), "label": item["label"].reshape(())}
+        if "stride" in raw:  # the clip's frame stride (data.frame_strides)
+            item["stride"] = int(raw["stride"])
+            tensors["stride"] = torch.tensor(item["stride"], dtype=torch.int64)
         path = self.dir / f"{int(index)}.safetensors"
         meta = torch.frombuffer(bytearray(json.dumps({"caption": item["caption"]}).encode()), dtype=torch.uint8)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"latent": latent.contiguous(), "label": item["label"].reshape(()), "_meta": meta}, str(tmp))
+            save_file({**tensors, "_meta": meta}, str(tmp))
             os.replace(tmp, path)
         except OSError:
             pass  # a full or read-only cache disk costs speed, not the run
@@ -142,6 +152,10 @@ class LatentCache(Dataset):
                 stored = load_file(str(path))
                 meta = json.loads(stored.pop("_meta").numpy().tobytes().decode())
                 item = {"latent": stored["latent"], "label": stored["label"], "caption": meta["caption"]}
+                if "stride" in stored:
+                    item["stride"] = int(stored["stride"])
+                elif getattr(self.dataset, "strides", None) is not None:
+                    raise KeyError("stride")  # a clip's stride is part of its item: encode it again
             except (SafetensorError, KeyError, ValueError, OSError, RuntimeError):
                 item = None  # damaged: encode again
         if item is not None:

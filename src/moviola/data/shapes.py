@@ -18,6 +18,13 @@ Choices the spec leaves open (kept fixed: changing any of them changes the bench
 - Without bounce the start is uniform over all positions that keep the object inside for all T
   frames; the default ``render_clip`` start centres the trajectory on the canvas. With bounce the
   start is uniform over the canvas and the centre reflects off the walls at ``r`` and ``S - r``.
+
+Frame strides (beyond the spec, for frame-rate conditioning; data/strides.py): a clip of T frames at
+stride ``s`` is frames ``0, s, 2s, ...`` of clip ``index`` rendered with ``(T - 1) * s + 1`` frames, so
+its object moves ``s * S/32`` pixels per frame. Without bounce that longer clip must fit:
+``(T - 1) * s + 1 <= 21``. Stride 1 is the spec's clip, unchanged. Moving Shapes has no native frame
+rate of its own: ``data.fps`` (default 24) is the convention a run conditions on (a stride-s clip is at
+24 / s fps); the files ``write_shapes_folder`` writes play at the spec's 8 fps.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from moviola.data.strides import check_strides, draw_stride
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 50, 50),
@@ -76,6 +85,7 @@ __all__ = [
     "radius",
     "render_clip",
     "sample_clip",
+    "span",
     "speed",
     "write_shapes_folder",
 ]
@@ -161,6 +171,23 @@ def max_frames_without_bounce(size: int) -> int:
     """Largest T whose travel ``(T-1) * S/32`` fits in the free span ``S - 2r`` (21 for every S)."""
     free = Fraction(size) - 2 * Fraction(3 * size, 16)
     return int(free / Fraction(size, 32)) + 1
+
+
+def span(frames: int, stride: int = 1) -> int:
+    """Frames of motion a clip of ``frames`` frames at ``stride`` covers: ``(frames - 1) * stride + 1``."""
+    return (int(frames) - 1) * int(stride) + 1
+
+
+def _check_stride(stride: int, frames: int, size: int, bounce: bool) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    limit = max_frames_without_bounce(size)
+    if not bounce and span(frames, stride) > limit:
+        raise ValueError(
+            f"frames={frames} at stride {stride} spans {span(frames, stride)} frames of motion, which does not fit "
+            f"without bounce (limit (frames - 1) * stride + 1 <= {limit} on a {size}x{size} canvas); use bounce=True "
+            f"or at most {(limit - 1) // stride + 1} frames"
+        )
 
 
 def _check_frames(frames: int, size: int, bounce: bool) -> None:
@@ -278,15 +305,24 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def sample_clip(
-    seed: int, index: int, split: str = "train", size: int = 32, frames: int = 16, bounce: bool = False
+    seed: int, index: int, split: str = "train", size: int = 32, frames: int = 16, bounce: bool = False,
+    stride: int = 1,
 ) -> dict:
     """Clip ``index`` of a split: a pure function of (seed, split, index) and the render args.
+
+    ``stride`` s: frames ``0, s, 2s, ...`` of the clip rendered with ``(frames - 1) * s + 1`` frames
+    (the object moves s times farther per frame); 1 is the spec's clip.
 
     Returns ``dict(video uint8 (T,S,S,3), colour, shape, direction, label, caption)``.
     """
     _check_split(split)
     _check_size(size)
     _check_frames(frames, size, bounce)
+    _check_stride(stride, frames, size, bounce)
+    if stride != 1:
+        item = sample_clip(seed, index, split, size, span(frames, stride), bounce)
+        item["video"] = np.ascontiguousarray(item["video"][::stride])
+        return item
     rng = _rng(seed, split, index)
     table = combos(split)
     colour, shape, direction = table[int(index) % len(table)]
@@ -313,6 +349,9 @@ class MovingShapes(Dataset):
 
     Clips are rendered on first access and, with ``cache=True``, kept in memory as uint8
     (16 KB per 32x32x16 clip); each DataLoader worker holds its own cache.
+
+    ``stride``: every clip at that frame stride (1: the spec's clips). ``strides``: a list of strides,
+    each clip drawing its own from ``(seed, index)`` (data/strides.py); items then carry ``stride`` (int).
     """
 
     name = "Moving Shapes"
@@ -327,17 +366,29 @@ class MovingShapes(Dataset):
         seed: int = 0,
         bounce: bool = False,
         cache: bool = True,
+        stride: int = 1,
+        strides: Optional[Sequence[int]] = None,
     ) -> None:
         _check_split(split)
         _check_size(size)
         _check_frames(frames, size, bounce)
+        self.strides = check_strides(strides)
+        for s in (stride,) if self.strides is None else (max(self.strides),):
+            _check_stride(s, frames, size, bounce)
         if not isinstance(count, (int, np.integer)) or count < 1:
             raise ValueError(f"count must be a positive int, got {count!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.split, self.count, self.size, self.frames = split, int(count), size, int(frames)
         self.seed, self.bounce, self.cache = int(seed), bool(bounce), bool(cache)
+        self.stride = int(stride)
         self._cache: dict[int, dict] = {}
+
+    def stride_of(self, index: int) -> int:
+        """Clip ``index``'s frame stride: drawn from ``strides`` by ``(seed, index)``, else ``stride``."""
+        if self.strides is None:
+            return self.stride
+        return draw_stride(self.strides, self.seed, int(index) % self.count)
 
     def __len__(self) -> int:
         return self.count
@@ -349,7 +400,10 @@ class MovingShapes(Dataset):
         index = int(index) % self.count
         if index in self._cache:
             return self._cache[index]
-        item = sample_clip(self.seed, index, self.split, self.size, self.frames, self.bounce)
+        stride = self.stride_of(index)
+        item = sample_clip(self.seed, index, self.split, self.size, self.frames, self.bounce, stride)
+        if self.strides is not None:
+            item["stride"] = stride
         if self.cache:
             self._cache[index] = item
         return item
@@ -365,11 +419,14 @@ class MovingShapes(Dataset):
         from moviola.video import from_uint8
 
         item = self.clip(index)
-        return {
+        out = {
             "video": from_uint8(item["video"]),
             "label": torch.tensor(item["label"], dtype=torch.int64),
             "caption": item["caption"],
         }
+        if "stride" in item:
+            out["stride"] = item["stride"]
+        return out
 
 
 def write_shapes_folder(

@@ -34,6 +34,15 @@ several frames, only frame 0 can be given alone. Video ``i`` of a call starts fr
 seed ``seed + i`` and draws every later noise (DDPM, DDIM with eta > 0) from its own generator, so
 a video is a pure function of its seed and its condition, whatever the batch it was made in.
 
+The frame rate (a model trained with ``conditions.fps``, VideoCrafter's ``fps_cond``): ``fps=F`` is the
+condition of every video of the call (a clip at stride s trained at ``data.fps / s``, so a lower F asks
+for faster motion per frame) and the rate to play the videos at, which ``frame_rate(F)`` reports for
+writing them (``moviola sample --fps`` sets both). The default is the training data's native rate,
+``data.fps / data.frame_strides[0]`` (``data.fps / data.frame_stride`` with one stride). The frame rate
+is not a guidance target: both branches of guidance get it. A model trained without it takes no
+``fps`` (a ValueError, as labels for a model without classes); its videos have no rate of their own,
+and ``frame_rate()`` is 8, the Moving Shapes files' rate and ``save_video``'s default.
+
 Arguments are checked before anything is encoded or sampled: a wrong type is a TypeError, a value
 out of range (a NaN or infinite ``cfg`` or ``context_guidance``, a negative ``eta``, ``steps``
 outside 1..num_timesteps, a frame count, size, ``num_videos`` or ``batch_size`` below 1, an unknown
@@ -41,7 +50,7 @@ sampler) a ValueError naming the argument. Any finite ``cfg`` is allowed (negati
 and any finite ``context_guidance``; numpy numbers are
 taken for ints and floats, bools are not. A request the model cannot serve well runs, with one
 ``UserWarning``: more frames than it was trained on (fewer are not warned about: every position
-was seen in training) or any other frame size; ``eta`` with a sampler that does not read it (only
+was seen in training) or any other frame size; an ``fps`` outside the rates it was trained on; ``eta`` with a sampler that does not read it (only
 DDIM does); ``cfg`` with nothing to guide on; ``context_guidance`` other than 1 with no frame
 given; a negative prompt at ``cfg=1``; and, for a text model
 trained on Moving Shapes, a prompt with no word of that vocabulary (the empty prompt is
@@ -63,10 +72,12 @@ from moviola.config import RunConfig
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.schedule import randn
 from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
-                                      given_frames, checked_int, checked_real, warn)
+                                      given_frames, checked_fps, checked_int, checked_real, warn)
 from moviola.utils import resolve_device
 
 ImageLike = Union[str, Path, torch.Tensor]
+WRITE_FPS = 8.0  # the rate videos of a model without the fps condition are written at (Moving Shapes' files)
+UNGUIDED = ("fps", "low_res", "noise_level")  # conditions that are no guidance target: every branch keeps them
 
 
 @dataclass
@@ -95,6 +106,17 @@ class Pipeline:
     def accepts(self) -> frozenset:
         return getattr(self.model, "accepts", frozenset())
 
+    def frame_rate(self, fps: Optional[float] = None) -> float:
+        """The frame rate to play (write) the videos of ``pipe(..., fps=fps)`` at: for a model conditioned on
+        the frame rate, ``fps``, by default the training data's native rate (:func:`default_fps`); for
+        another model, ``fps`` if given (only a file's rate then), else 8."""
+        from moviola.data.strides import default_fps
+
+        fps = None if fps is None else checked_fps(fps)
+        if fps is not None:
+            return fps
+        return default_fps(self.config.data) if "fps" in self.accepts else WRITE_FPS
+
     @property
     def text(self):
         if self._text is None:
@@ -104,11 +126,13 @@ class Pipeline:
     # ---------------------------------------------------------------- step 1: conditions
     def conditions(self, n: int, num_frames: int, height: int, width: int, labels: Optional[Sequence[int]] = None,
                    prompt: Optional[Sequence[str]] = None, negative_prompt: Union[str, Sequence[str], None] = None,
-                   frames: Optional[Mapping[int, Sequence[ImageLike]]] = None) -> Conditions:
+                   frames: Optional[Mapping[int, Sequence[ImageLike]]] = None,
+                   fps: Optional[float] = None) -> Conditions:
         """The condition of ``n`` videos of ``num_frames`` frames of ``height × width``, and its null.
 
-        ``frames`` maps a pixel frame index to one image, or one per video. Every check happens here,
-        before any sampling.
+        ``frames`` maps a pixel frame index to one image, or one per video. ``fps``: the frame rate of a
+        model conditioned on it (default :meth:`frame_rate`), in both the condition and its null. Every
+        check happens here, before any sampling.
         """
         n, num_frames = checked_int("n", n), checked_int("num_frames", num_frames)
         height, width = checked_int("height", height), checked_int("width", width)
@@ -116,6 +140,7 @@ class Pipeline:
         for name, values in (("prompts", prompt), ("labels", labels)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{len(values)} {name} for {n} videos: give one per video")
+        rate = self._fps_conditioning(fps, n)  # checked first: it needs no encoder
         parts: list[tuple[Conditioning, Conditioning]] = []
         if prompt is not None and "text" not in self.accepts:  # before "pass labels": say what is wrong first
             raise ValueError("this model does not take text: do not pass a prompt"
@@ -136,7 +161,32 @@ class Pipeline:
             # (trained whenever the caption or class is dropped and the frames are not: p·(1 − p_ctx) of
             # the batches, against p·p_ctx for nulling both); with nothing else, guidance is on the frames
             parts.append((given, given if parts else given_null))
-        return Conditions(_merge([p[0] for p in parts]), _merge([p[1] for p in parts]), bool(parts))
+        cond, uncond = _merge([p[0] for p in parts]), _merge([p[1] for p in parts])
+        if rate is not None:  # not a guidance target: the null keeps it (Conditioning.null)
+            cond.fps, uncond.fps = rate, rate.clone()
+        return Conditions(cond, uncond, bool(parts))
+
+    def _fps_conditioning(self, fps, n: int) -> Optional[torch.Tensor]:
+        """(n,) float32 frame rates for a model conditioned on it, None for another; fps for one is an error."""
+        if "fps" not in self.accepts:
+            if fps is not None:
+                raise ValueError(f"fps={fps!r}: this model is not conditioned on the frame rate (it was trained "
+                                 "without conditions.fps): do not pass fps (the rate a file plays at is save_video's fps)")
+            return None
+        rate = self.frame_rate(fps)
+        self._warn_untrained_rate(rate)
+        return torch.full((n,), rate, dtype=torch.float32)
+
+    def _warn_untrained_rate(self, rate: float) -> None:
+        """An fps outside the range of the rates the model was trained on runs, with a warning."""
+        from moviola.data.strides import clip_fps, strides_of
+
+        trained = sorted({clip_fps(self.config.data, s) for s in strides_of(self.config.data)})
+        if trained[0] - 1e-6 <= rate <= trained[-1] + 1e-6:
+            return
+        shown = ", ".join(f"{r:g}" for r in trained)
+        warn(f"fps={rate:g} is outside the frame rates this model was trained on ({shown}: data.fps / "
+             "data.frame_strides): its motion at that rate is a guess")
 
     def _text_conditioning(self, prompt: Sequence[str], negative_prompt) -> tuple[Conditioning, Conditioning]:
         prompt = as_prompts(prompt, "prompt")
@@ -264,7 +314,7 @@ class Pipeline:
             no_frames = conds.cond.null(["context"])
             if _same(conds.uncond, no_frames):  # the frames are the sole condition: cfg guides on them already
                 scale, context_scale, no_frames = scale + context_scale - 1.0, 1.0, None
-        cond = conds.cond.to(self.device) if conds.guided else Conditioning()
+        cond = (conds.cond if conds.guided else _unguided(conds.cond)).to(self.device)
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
         learned_sigma = getattr(self.model, "learned_sigma", False)
         # a self-conditioned model gets each step the previous step's x0 estimate (zeros first, as trained)
@@ -296,11 +346,15 @@ class Pipeline:
                  negative_prompt: Union[str, Sequence[str], None] = None,
                  image: Union[ImageLike, Sequence[ImageLike], None] = None,
                  frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None,
-                 context_guidance: float = 1.0) -> torch.Tensor:
+                 context_guidance: float = 1.0, fps: Optional[float] = None) -> torch.Tensor:
         """Videos ``(B, C, T, H, W)`` in [-1, 1]; ``image`` is frame 0, ``frames`` maps frame indices to images.
 
         ``context_guidance``: Video LDM's guidance scale s on the given frames (module docstring), any
         finite number; 1 (the default) is none.
+
+        ``fps``: the frame rate, for a model conditioned on it (module docstring): the condition of every
+        video and the rate to write them at, ``pipe.frame_rate(fps)`` (default: the training data's
+        native rate). A model without the condition takes none (ValueError).
 
         Every argument is checked before anything is encoded (module docstring); ``labels`` may be one
         int, a list, a numpy array or a tensor of ints.
@@ -312,6 +366,7 @@ class Pipeline:
         scale, steps, eta_value = check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
                                                   sampler, steps, c.sample.eta if eta is None else eta)
         context_guidance = checked_real("context_guidance", context_guidance)
+        fps = None if fps is None else checked_fps(fps)
         batch_size = checked_int("batch_size", batch_size)
         if prompt is not None and labels is not None:
             raise ValueError("give prompts or labels, not both")
@@ -327,7 +382,7 @@ class Pipeline:
             warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
                   "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
         conds = self.conditions(n, T, H, W, labels=labels, prompt=prompt, negative_prompt=negative_prompt,
-                                frames=given)
+                                frames=given, fps=fps)
         self._warn_unused_guidance(conds, cfg, scale, negative_prompt, context_guidance)
         scale = scale if conds.guided else 1.0  # nothing to guide: one pass
         videos = []
@@ -371,6 +426,11 @@ class Pipeline:
         elif negative_prompt is not None and conds.guided and scale == 1.0:
             warn("the negative prompt is ignored at cfg=1 (it acts only through guidance): pass a cfg other than 1 "
                   f"(this model's default is {self.config.sample.cfg:g})")
+
+
+def _unguided(cond: Conditioning) -> Conditioning:
+    """An unguided call's condition: only the fields that are no guidance target (the frame rate)."""
+    return Conditioning(**{name: getattr(cond, name) for name in UNGUIDED})
 
 
 def _gives_frames(cond: Conditioning) -> bool:

@@ -83,6 +83,14 @@ def checked_real(name: str, value, low: Optional[float] = None) -> float:
     return value
 
 
+def checked_fps(value) -> float:
+    """A frame rate: a finite number above 0 (numpy numbers too, bools not): TypeError / ValueError naming fps."""
+    value = checked_real("fps", value)
+    if value <= 0:
+        raise ValueError(f"fps must be a positive number (frames per second), got {value:g}")
+    return value
+
+
 def check_sampling(num_timesteps: int, scale, sampler, steps, eta, planned: bool = False) -> tuple[float, int, float]:
     """The sampling arguments, checked: a known sampler, a finite guidance scale, steps in 1..num_timesteps
     (not checked with a plan, which sets the steps), eta finite and >= 0."""

@@ -61,6 +61,8 @@ def collate(items: list[dict]) -> dict:
     if "label" in items[0]:
         out["label"] = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
     out["caption"] = [it.get("caption", "") for it in items]
+    if "stride" in items[0]:  # each clip's frame stride (data.frame_strides): its fps is data.fps / stride
+        out["stride"] = torch.tensor([int(it["stride"]) for it in items], dtype=torch.int64)
     return out
 
 

@@ -9,6 +9,7 @@ this task; the names tests and scripts import from here (``TrainingDiverged``, `
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -19,7 +20,9 @@ from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
 from moviola.conditioning.text import build_text
 from moviola.config import ConfigError, config_from_json, to_dict
+from moviola.data import check_data
 from moviola.data.joint import caption_groups, extra_image_frames
+from moviola.data.strides import clip_fps, strides_of
 from moviola.diffusion import build_schedule, training_losses  # training_losses: looked up here at each step
 from moviola.io.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_name
 from moviola.models.registry import FAMILIES, build_model
@@ -89,7 +92,7 @@ def _copy_input_groups(model: torch.nn.Module, new: torch.Tensor, old: torch.Ten
 
 
 # the conditions DiffusionTask draws for a training batch (ConditionsConfig.wanted() names)
-BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond")
+BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps")
 
 
 class Draws(NamedTuple):
@@ -109,6 +112,12 @@ class DiffusionTask(Task):
             raise ConfigError(f"training cannot build the condition(s) {missing} from its data yet (conditions.*): "
                               f"it builds {', '.join(BUILT_CONDITIONS)}; the model takes them through "
                               "moviola.Conditioning in your own loop")
+        check_data(cfg.data)  # e.g. a frame stride whose clip does not fit: refused before the text encoder loads
+        strides = strides_of(cfg.data)
+        if cfg.conditions.fps and len(set(strides)) == 1:
+            warnings.warn(f"conditions.fps with one frame stride ({strides[0]}): every clip is at {clip_fps(cfg.data, strides[0]):g} "
+                          "fps, so the model cannot learn speed from one rate; set data.frame_strides (e.g. [1, 2, 3]) "
+                          "to train it at several", UserWarning, stacklevel=2)
         if cfg.autoencoder.kind != "identity" and cfg.autoencoder.path is None:
             raise ConfigError(f"autoencoder.kind={cfg.autoencoder.kind} without autoencoder.path is a new, untrained "
                               "autoencoder: train one first (moviola train-vae) and set autoencoder.path to its export")
@@ -177,7 +186,7 @@ class DiffusionTask(Task):
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
-        cond, keep = self._conditions(g, x0, labels, batch["caption"], frames)
+        cond, keep = self._conditions(g, x0, labels, batch["caption"], frames, batch.get("stride"))
         rate = self.cfg.conditions.self_cond  # drawn last, so runs without self-conditioning keep their batches
         use = (torch.rand(B, generator=g) < rate).to(self.device) if rate > 0 else None
         return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), Draws(keep, use)
@@ -219,8 +228,10 @@ class DiffusionTask(Task):
         return z.reshape(B, n, z.shape[1], *z.shape[3:]).transpose(1, 2)  # (B, c, n, h, w)
 
     def _conditions(self, g: torch.Generator, x0: torch.Tensor, labels: Optional[torch.Tensor],
-                    captions: list[str], frames: int) -> tuple[Conditioning, torch.Tensor]:
-        """The step's conditions after training dropout (drawn from ``g``), and which labels were kept."""
+                    captions: list[str], frames: int, strides: Optional[torch.Tensor] = None
+                    ) -> tuple[Conditioning, torch.Tensor]:
+        """The step's conditions after training dropout (drawn from ``g``), and which labels were kept.
+        ``strides``: the clips' frame strides (B,) (items of data.frame_strides), else data.frame_stride for all."""
         c = self.cfg.conditions
         B = x0.shape[0]
         keep = torch.rand(B, generator=g) >= c.label_dropout
@@ -239,7 +250,19 @@ class DiffusionTask(Task):
                 mask = torch.cat([mask, mask.new_zeros(B, 1, x0.shape[2] - frames, 1, 1)], dim=2)  # (B, 1, T+n, 1, 1)
             mask = mask.to(self.device, x0.dtype)
             cond.context, cond.context_mask = x0 * mask, mask
+        if c.fps:  # the clip's frame rate, data.fps / stride; no dropout (not a guidance target) and no draw from g
+            cond.fps = self._clip_fps(strides, B)
         return cond, keep
+
+    def _clip_fps(self, strides: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        """(B,) float32: data.fps over each clip's frame stride."""
+        d = self.cfg.data
+        if strides is None:
+            if d.frame_strides:
+                raise ValueError("data.frame_strides is set, but the batch carries no per-clip stride (a dataset or "
+                                 "latent cache that does not keep it): the fps condition needs each clip's stride")
+            strides = torch.full((batch,), d.frame_stride)
+        return d.fps / torch.as_tensor(strides).to(torch.float32)
 
     def step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
         cfg = self.cfg
