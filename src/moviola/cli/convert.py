@@ -1,5 +1,5 @@
-"""``moviola convert``: foreign checkpoints in (official Latte, diffusers Latte, a diffusers U-Net as Video LDM)
-and a diffusers Latte out."""
+"""``moviola convert``: foreign checkpoints in (official Latte, official VideoCrafter, diffusers Latte, a diffusers
+U-Net as Video LDM) and a diffusers Latte out."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,17 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     c3.add_argument("--vae", help="the AutoencoderKL directory (default: vae/ beside unet/)")
     c3.add_argument("--text-encoder", help="the text encoder directory (default: text_encoder/ beside unet/, if any)")
     c3.set_defaults(fn=_cmd_convert)
+    cv = csub.add_parser("videocrafter", help="an official VideoCrafter checkpoint (VC1 T2V 512/1024, VC1 I2V "
+                         "512, VC2 T2V model.ckpt) -> a VideoCrafter checkpoint dir")
+    cv.add_argument("src", help="the official model.ckpt (a Lightning state_dict, or a bare lvdm UNetModel state dict)")
+    cv.add_argument("out", help="output checkpoint directory (config.json + model.safetensors)")
+    cv.add_argument("--vae", required=True, help="the SD VAE as a diffusers AutoencoderKL directory (the checkpoint's "
+                    "first_stage_model is not converted); only its config.json is read here")
+    cv.add_argument("--config", help="the official inference YAML (configs/inference_t2v_512_v2.0.yaml): its "
+                    "unet_config and schedule, checked against the weights (default: what the weights show)")
+    cv.add_argument("--text-encoder", help="a transformers CLIP text encoder directory (OpenCLIP ViT-H-14's), used "
+                    "at its penultimate layer with 77 tokens")
+    cv.set_defaults(fn=_cmd_convert)
     cs = csub.add_parser("swap-spatial", help="a Video LDM with its spatial layers (U-Net, embeddings) taken from "
                          "another video_ldm checkpoint, e.g. a personalized image model (the paper's DreamBooth transfer)")
     cs.add_argument("video", help="the video_ldm video model (checkpoint or run directory): config and temporal layers")
@@ -71,6 +82,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                             temporal_layers=args.temporal_layers)
     elif args.source == "diffusers-unet3d":
         out = convert.import_diffusers_unet3d(args.src, args.out, vae=args.vae, text_encoder=args.text_encoder)
+    elif args.source == "videocrafter":
+        notes: list[str] = []
+        out = convert.convert_videocrafter(args.src, args.out, vae=args.vae, config=args.config,
+                                           text_encoder=args.text_encoder, notes=notes)
+        for note in notes:
+            print(f"note: {note}")
     elif args.source == "swap-spatial":
         from moviola.interop.swap_spatial import swap_report
 
