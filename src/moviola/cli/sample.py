@@ -39,6 +39,9 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--context-guidance", type=float, default=1.0, metavar="S",
                    help="guidance scale on the given frames (--image), Video LDM's context guidance: "
                         "f_cfg + (S - 1)(f(frames) - f(no frames)); 1 = none (default)")
+    s.add_argument("--temporal-guidance", type=float, default=0.0, metavar="S",
+                   help="VideoCrafter's temporal guidance (the official --unconditional_guidance_scale_temporal): "
+                        "adds S(f(c) - f(c without temporal attention)); 0 = none (default); a VideoCrafter model only")
     s.add_argument("--eta", type=float, help="DDIM eta, 0 = deterministic (default: the checkpoint's sample.eta)")
     s.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
@@ -115,6 +118,8 @@ def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompt
                                width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
                                seed=args.seed + start, batch_size=BATCH, progress=not args.quiet,
                                context_guidance=getattr(args, "context_guidance", 1.0),
+                               **({"temporal_guidance": args.temporal_guidance}
+                                  if getattr(args, "temporal_guidance", 0.0) else {}),
                                **({"fps": _fps(pipe, args)} if "fps" in getattr(pipe, "accepts", ()) else {})))
             bar.update(len(videos[-1]))
     return torch.cat(videos)
@@ -135,6 +140,8 @@ def _check_sample_args(args: argparse.Namespace) -> None:
     check_numbers(args)
     if not math.isfinite(getattr(args, "context_guidance", 1.0)):
         raise ValueError(f"--context-guidance must be a finite number, got {args.context_guidance}")
+    if not math.isfinite(getattr(args, "temporal_guidance", 0.0)):
+        raise ValueError(f"--temporal-guidance must be a finite number, got {args.temporal_guidance}")
     if args.out is None and args.out_dir is None:
         raise ValueError("give --out FILE (.mp4, .gif or .png) or --out-dir DIR")
     if args.out is not None and Path(args.out).suffix.lower() not in (".mp4", ".gif", ".png"):

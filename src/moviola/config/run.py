@@ -85,6 +85,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class X0ScaleConfig:
+    """VideoCrafter's ``use_scale`` (lvdm/models/ddpm3d.py, ``LatentDiffusion``): the forward process multiplies x0
+    by ``s_t``, ramping linearly from ``scale_a`` to ``scale_b`` over the first ``mid_step`` timesteps
+    (``np.linspace(scale_a, scale_b, mid_step)``) and ``scale_b`` after; the samplers mirror it (diffusion/).
+    VideoCrafter2 and VC1 I2V 512: ``{scale_a: 1, scale_b: 0.7, mid_step: 400}``; VC1 T2V 1024: ``scale_b: 0.3``
+    (its ``fix_scale_bug`` changes no value the process reads)."""
+
+    scale_a: float = 1.0
+    scale_b: float = 0.7
+    mid_step: int = 400
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     num_timesteps: int = 1000
@@ -95,6 +108,13 @@ class DiffusionConfig:
     loss_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = 5.0
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    # added to every `leading` timestep (diffusers' steps_offset; LDM / VideoCrafter DDIM: 1, visiting 981 ... 1)
+    steps_offset: int = 0
+    # where the last DDIM / DPM-Solver step lands: one = the clean sample (alpha_cumprod 1), first = alphas_cumprod[0]
+    # (diffusers' set_alpha_to_one=False; LDM / VideoCrafter DDIM)
+    final_alpha: Literal["one", "first"] = "one"
+    # VideoCrafter's use_scale (X0ScaleConfig): x0 scaled by s_t in training and mirrored by the samplers; null = off
+    x0_scale: Optional[X0ScaleConfig] = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +166,8 @@ RUN_RANGES = (
     ("train.warmup_steps", 0, None), ("train.min_lr_ratio", 0, 1), ("train.grad_clip", 0, None),
     ("train.sample_every", 0, None), ("train.sample_steps", 1, None), ("train.seed", 0, 2**32 - 1),
     ("train.max_bad_steps", 1, None), ("train.max_failed_saves", 1, None), ("sample.eta", 0, None),
+    ("diffusion.steps_offset", 0, None), ("diffusion.x0_scale.scale_a", 1e-12, None),
+    ("diffusion.x0_scale.scale_b", 1e-12, None), ("diffusion.x0_scale.mid_step", 0, None),
     *AUTOENCODER_RANGES,
 )
 
@@ -190,6 +212,7 @@ class RunConfig:
             if value > self.diffusion.num_timesteps:
                 raise ConfigError(f"{name}={value} is more than diffusion.num_timesteps="
                                   f"{self.diffusion.num_timesteps}: a sampler cannot take more steps than the schedule has")
+        self._validate_sampling()
         if not 0.0 <= t.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
         if t.lr <= 0:
@@ -212,6 +235,29 @@ class RunConfig:
             return self
         self.model.validate(self)
         return self
+
+    def _validate_sampling(self) -> None:
+        """The diffusion section's sampling keys against each other, the sampler and the model."""
+        d, n = self.diffusion, self.diffusion.num_timesteps
+        if d.steps_offset and d.timestep_spacing != "leading":
+            raise ConfigError(f"diffusion.steps_offset={d.steps_offset} shifts `leading` timesteps only; "
+                              f"diffusion.timestep_spacing is {d.timestep_spacing} (set it to leading, or the offset to 0)")
+        for name, steps in (("sample.steps", self.sample.steps), ("train.sample_steps", self.train.sample_steps)):
+            last = (steps - 1) * (n // steps) + d.steps_offset
+            if d.steps_offset and last >= n:
+                raise ConfigError(f"{name}={steps} with diffusion.steps_offset={d.steps_offset} visits timestep "
+                                  f"{last}, past the schedule's last ({n - 1}): take fewer steps")
+        if d.x0_scale is None:
+            return
+        if d.x0_scale.mid_step > n:
+            raise ConfigError(f"diffusion.x0_scale.mid_step={d.x0_scale.mid_step} is more than diffusion.num_timesteps="
+                              f"{n}: the ramp of the x0 scale lies within the schedule")
+        if self.sample.sampler == "ddpm":
+            raise ConfigError("sample.sampler=ddpm has no step for diffusion.x0_scale (VideoCrafter's use_scale: the "
+                              "official code defines only DDIM's): use ddim (eta 1.0 is the official sampler) or dpm++2m")
+        if self.train.task == "diffusion" and getattr(self.model, "learned_sigma", False):
+            raise ConfigError("model.learned_sigma (IDDPM's variance term) is not defined with diffusion.x0_scale: "
+                              "set model.learned_sigma: false, or diffusion.x0_scale: null")
 
     def _validate_strides(self) -> None:
         d = self.data

@@ -7,10 +7,10 @@ from moviola.diffusion.plans import (CLEAN, diagonal_plan, frame_offsets_plan, p
 from moviola.diffusion.samplers import (SAMPLERS, SamplerState, StepOutput, ddim_step, ddpm_step,
                                         dpm_solver_pp_2m_step, posterior_step, sample)
 from moviola.diffusion.schedule import (NoiseSchedule, broadcast_timesteps, build_schedule, convert_prediction, make_betas,
-                                        randn, randn_like, spaced_timesteps)
+                                        make_x0_scale, randn, randn_like, spaced_timesteps)
 
 __all__ = [
-    "NoiseSchedule", "build_schedule", "make_betas", "spaced_timesteps", "broadcast_timesteps", "convert_prediction",
+    "NoiseSchedule", "build_schedule", "make_betas", "make_x0_scale", "spaced_timesteps", "broadcast_timesteps", "convert_prediction",
     "randn", "randn_like",
     "training_losses", "variational_bound_terms", "normal_kl", "discretized_gaussian_log_likelihood",
     "min_snr_weight",

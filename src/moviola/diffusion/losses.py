@@ -6,6 +6,13 @@ last C a value v in [-1, 1] that interpolates the log variance between the poste
 and beta_t. The VB term sees the mean prediction *detached*, so the MSE alone trains the mean
 and the VB trains only the variance (IDDPM §3.1).
 
+With an x0 scale (``schedule.x0_scale``, VideoCrafter's ``use_scale``) the process at t is the ordinary one of
+the scaled data ``s_t x0`` (DynamiCrafter's training multiplies x0 by ``scale_arr[t]`` before its ``p_losses``):
+``x_t`` comes from ``q_sample``, which applies the scale, the x0 target is ``s_t x0`` and the v target is that of
+``s_t x0``; the eps target is the noise. The self-conditioning estimate is x0 itself (the model's estimate over
+``s_t``), as the samplers hand it on. The learned variance (IDDPM's VB term) is refused with it: its posterior is
+the ordinary process's, and the only sampler that reads it (DDPM) is not defined for a scaled process.
+
 Every term is computed as a per-element map first and reduced last. Per-frame timesteps
 ``(B, T)`` therefore work unchanged: each frame uses its own posterior, and frames at t == 0
 use the decoder NLL instead of the KL.
@@ -78,6 +85,8 @@ def _with_estimate(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.T
         with torch.no_grad():
             first = model(x_t, schedule.model_timesteps(t), dataclasses.replace(cond, self_cond=zeros))
             est = schedule.to_x0(first[:, :x_t.shape[1]].to(x_t.dtype), prediction, x_t, t)  # (B, C, T, H, W)
+            if getattr(schedule, "x0_scale", None) is not None:
+                est = schedule.unscale_x0(est, t)  # x0 itself, as the samplers' estimate
         keep = use.to(x_t.device).view(-1, *([1] * (x_t.dim() - 1)))
         zeros = torch.where(keep, est.to(x_t.dtype), zeros).detach()
     return dataclasses.replace(cond, self_cond=zeros)
@@ -121,10 +130,14 @@ def training_losses(
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choose one of {list(LOSS_WEIGHTINGS)}")
+    scaled = getattr(schedule, "x0_scale", None) is not None
+    if scaled and learned_sigma:
+        raise ValueError("learned_sigma (the VB term) is not defined with an x0 scale (diffusion.x0_scale): its "
+                         "posterior is the unscaled process's; train the mean only (model.learned_sigma: false)")
     if noise is None:
         noise = randn_like(x0)
     t = t.to(x0.device)
-    x_t = schedule.q_sample(x0, t, noise)
+    x_t = schedule.q_sample(x0, t, noise)  # with an x0 scale: sqrt(ab) s_t x0 + sqrt(1 - ab) noise
     if self_cond is not None:
         cond = _with_estimate(model, schedule, x_t, t, cond, self_cond, prediction)
     out = model(x_t, schedule.model_timesteps(t), cond)
@@ -144,7 +157,7 @@ def training_losses(
     elif prediction == "v":
         target = schedule.velocity(x0, noise, t)
     else:
-        target = x0
+        target = schedule.scale_x0(x0, t) if scaled else x0  # an x0-prediction predicts s_t x0
     sq_err = (target - pred) ** 2
     mse = _mean_flat(sq_err)
     if loss_weighting == "min_snr":

@@ -37,6 +37,19 @@ The final DDIM / DPM-Solver step goes to alpha_cumprod = 1 (``final_alpha="one"`
 diffusers' ``set_alpha_to_one=True``). ``final_alpha="first"`` goes to ``alphas_cumprod[0]`` instead
 (diffusers' ``set_alpha_to_one=False``, LDM / VideoCrafter DDIM). DDPM always ends at 1.
 
+The x0 scale (VideoCrafter's ``use_scale``; ``schedule.x0_scale``, schedule.py): the model's x0 estimate at level
+t is ``s_t x0``, so a step divides it by ``s_t`` and re-noises x0 at the target level's scale: DDIM (the official
+``DDIMSampler.p_sample_ddim``, lvdm/models/samplers/ddim.py)::
+
+    x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) / s_t
+    x_s = sqrt(ab_s) s_s x0 + sqrt(1 - ab_s - sigma^2) eps + sigma z      (sigma: the unscaled DDIM eta formula)
+
+The clean target's scale is 1 with ``final_alpha="one"`` (the data itself) and ``x0_scale[0]`` with ``"first"``
+(the official ``ddim_scale_arr_prev[0] = scale_arr[0]``). DPM-Solver++(2M) solves the same process with
+``alpha_t = sqrt(ab_t) s_t`` (its first-order step is the DDIM step above at eta 0). DDPM is refused: the
+official code defines no ancestral step for it (its ``p_sample`` ignores the scale). ``pred_x0`` (callback,
+self-conditioning's state) is x0 itself, divided by ``s_t``.
+
 State: a model function that takes a parameter named ``state`` is called as
 ``model_fn(x_t, t, state=state)`` with a :class:`SamplerState`: the step, the row's levels, the
 previous step's x0 estimate (self-conditioning, W.A.L.T) and a dict it may keep its own things in.
@@ -53,6 +66,9 @@ from moviola.diffusion.plans import CLEAN, plan_targets, uniform_plan, validate_
 from moviola.diffusion.schedule import (PREDICTIONS, NoiseSchedule, TimestepLike, broadcast_timesteps,
                                         convert_prediction, randn, randn_like, spaced_timesteps)
 
+NO_SCALED_DDPM = ("the ddpm sampler has no step for an x0-scaled process (diffusion.x0_scale, VideoCrafter's "
+                  "use_scale): the official code defines only DDIM's; use sampler ddim (eta 1 is the official "
+                  "stochastic sampler) or dpm++2m")
 ZTSNR_FLOOR = 2.0 ** -24  # DPM-Solver needs log(alpha / sigma) finite: a zero-SNR end is floored here, as diffusers
 ModelFn = Callable[..., torch.Tensor]  # model_fn(x_t, t), or model_fn(x_t, t, state=SamplerState)
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]  # noise_fn(step, x): a standard normal draw shaped like x
@@ -98,6 +114,8 @@ def ddim_step(
     generator=None,
     noise: Optional[torch.Tensor] = None,
     clip_x0: Optional[float] = None,
+    scale_t: Union[float, torch.Tensor, None] = None,
+    scale_prev: Union[float, torch.Tensor, None] = None,
 ) -> StepOutput:
     """One DDIM update (Song et al. 2021, eq. 12) from noise level ``alpha_cumprod_t`` to ``alpha_cumprod_prev``.
 
@@ -107,22 +125,34 @@ def ddim_step(
     estimate is clamped to [-clip_x0, clip_x0] and eps is re-derived from it (IDDPM/GLIDE;
     diffusers ``use_clipped_model_output=True``). eta = 0 is deterministic. With eta > 0 a
     noise is drawn (or ``noise`` is used) even when sigma is 0, so draws stay in step with diffusers.
+
+    ``scale_t``, ``scale_prev``: the x0 scales of the two levels (VideoCrafter's ``use_scale``, module docstring),
+    shaped as the alphas; both None (the default) is the ordinary step. The returned x0 estimate is then x0
+    itself (the model's estimate divided by ``scale_t``); ``clip_x0`` clamps that.
     """
+    if (scale_t is None) != (scale_prev is None):
+        raise ValueError("ddim_step takes both scale_t and scale_prev (the x0 scale of each level) or neither")
     if model_output.shape != x_t.shape:
         raise ValueError(f"ddim_step takes the mean prediction shaped like x_t {tuple(x_t.shape)}; "
                          f"got {tuple(model_output.shape)} (split off learned-variance channels first)")
     _check_prediction(prediction)
     ab_t, ab_prev = _as_float64(alpha_cumprod_t, x_t), _as_float64(alpha_cumprod_prev, x_t)
     pred_x0 = convert_prediction(model_output, prediction, "x0", x_t, ab_t)
+    signal = ab_prev.sqrt()  # what multiplies x0 at the target level
+    if scale_t is not None:
+        s_t, s_prev = _as_float64(scale_t, x_t), _as_float64(scale_prev, x_t)
+        pred_x0 = pred_x0 / _cast(s_t, x_t)  # the model estimates s_t x0 (VideoCrafter: pred_x0 /= scale_t)
+        signal = signal * s_prev
     if clip_x0 is not None:
         pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
-        eps = convert_prediction(pred_x0, "x0", "eps", x_t, ab_t)
+        scaled = pred_x0 if scale_t is None else pred_x0 * _cast(s_t, x_t)
+        eps = convert_prediction(scaled, "x0", "eps", x_t, ab_t)
     else:
         eps = convert_prediction(model_output, prediction, "eps", x_t, ab_t)
     # sigma_t(eta) = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev)   (DDIM eq. 16)
     sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)).sqrt()
     dir_coef = (1.0 - ab_prev - sigma ** 2).clamp(min=0.0).sqrt()  # "direction pointing to x_t"
-    x_prev = _cast(ab_prev.sqrt(), x_t) * pred_x0 + _cast(dir_coef, x_t) * eps
+    x_prev = _cast(signal, x_t) * pred_x0 + _cast(dir_coef, x_t) * eps
     if eta > 0:
         if noise is None:
             noise = randn_like(x_t, generator)
@@ -140,6 +170,8 @@ def dpm_solver_pp_2m_step(
     prediction: str = "eps",
     first_order: Union[bool, torch.Tensor] = False,
     clip_x0: Optional[float] = None,
+    scale_s: Union[float, torch.Tensor, None] = None,
+    scale_t: Union[float, torch.Tensor, None] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One DPM-Solver++(2M) step from noise level ``alpha_cumprod_s`` to ``alpha_cumprod_t`` (< noise).
 
@@ -151,8 +183,13 @@ def dpm_solver_pp_2m_step(
     The alphas (and the history's λ) are numbers or tensors that broadcast against x, so each
     frame may have its own; ``first_order`` is a bool or a bool tensor that broadcasts against x.
     Where σ_t = 0 (a step to the clean sample) the result is the x0 estimate.
+    ``scale_s``, ``scale_t``: the x0 scales of the two levels (VideoCrafter's ``use_scale``): the model's estimate
+    is divided by ``scale_s`` and α is ``sqrt(ab) · scale`` throughout (the process ``α x0 + σ ε``); both None
+    is the ordinary step.
     Returns ``(x_t, x0 estimate, new history)``.
     """
+    if (scale_s is None) != (scale_t is None):
+        raise ValueError("dpm_solver_pp_2m_step takes both scale_s and scale_t (the x0 scale of each level) or neither")
     if model_output.shape != x_s.shape:
         raise ValueError(f"dpm_solver_pp_2m_step takes the mean prediction shaped like x {tuple(x_s.shape)}; "
                          f"got {tuple(model_output.shape)}")
@@ -161,10 +198,14 @@ def dpm_solver_pp_2m_step(
     ab_t = _as_float64(alpha_cumprod_t, x_s)
     ab_t = torch.where(ab_t < 1, ab_t.clamp(min=ZTSNR_FLOOR), ab_t)
     pred_x0 = convert_prediction(model_output, prediction, "x0", x_s, ab_s)
+    if scale_s is not None:
+        pred_x0 = pred_x0 / _cast(_as_float64(scale_s, x_s), x_s)  # the model estimates s_s x0
     if clip_x0 is not None:
         pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
     alpha_s, sigma_s = ab_s.sqrt(), (1 - ab_s).sqrt()
     alpha_t, sigma_t = ab_t.sqrt(), (1 - ab_t).sqrt()
+    if scale_s is not None:
+        alpha_s, alpha_t = alpha_s * _as_float64(scale_s, x_s), alpha_t * _as_float64(scale_t, x_s)
     lam_s = alpha_s.log() - sigma_s.log()
     if bool((sigma_t == 0).all()):  # the last step to the clean sample
         return pred_x0, pred_x0, (pred_x0, lam_s)
@@ -248,8 +289,10 @@ def ddpm_step(
     ``t`` is an int, (B,) or (B, T); the step goes from ``alphas_cumprod[t]`` to
     ``alphas_cumprod_prev[t]`` (see ``posterior_step``; its beta, ``1 - ab_t / ab_prev``, is the
     schedule's beta up to float64 rounding). No noise is added where t == 0. A noise is drawn
-    (unless ``noise`` is given) only if some t > 0.
+    (unless ``noise`` is given) only if some t > 0. A schedule with an x0 scale is refused (module docstring).
     """
+    if getattr(schedule, "x0_scale", None) is not None:
+        raise ValueError(NO_SCALED_DDPM)
     ab_t = schedule._gather(schedule.alphas_cumprod, t)
     ab_s = schedule._gather(schedule.alphas_cumprod_prev, t)
     if noise is None and bool((torch.as_tensor(t).cpu() > 0).any()):
@@ -269,6 +312,9 @@ class _Walk:
         self.generator, self.noise_fn, self.channels = generator, noise_fn, x.shape[1]
         self.final_ab = torch.ones((), dtype=torch.float64) if final_alpha == "one" else schedule.alphas_cumprod[0]
         self.moves = (plan != self.targets).sum(dim=0)  # (T,) how many steps each frame takes
+        self.x0_scale = getattr(schedule, "x0_scale", None)  # None: the ordinary process
+        if self.x0_scale is not None:  # a clean target's scale: the data (1), or level 0's (the official DDIM)
+            self.final_scale = torch.ones((), dtype=torch.float64) if final_alpha == "one" else self.x0_scale[0]
         self.history: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None  # DPM-Solver++, per frame
 
     @staticmethod
@@ -283,6 +329,11 @@ class _Walk:
         """alpha_cumprod of each frame's level (float64); ``clean`` for CLEAN frames."""
         ab = self.schedule.alphas_cumprod[levels.clamp(min=0)]
         return self.per_frame(torch.where(levels == CLEAN, clean, ab))
+
+    def scales(self, levels: torch.Tensor) -> torch.Tensor:
+        """x0_scale of each frame's level (float64); ``final_scale`` for CLEAN frames (only with an x0 scale)."""
+        s = self.x0_scale[levels.clamp(min=0)]
+        return self.per_frame(torch.where(levels == CLEAN, self.final_scale, s))
 
     def model_timesteps(self, levels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """What the model is called with: (B,) when the row shares one level (as ordinary sampling always
@@ -310,8 +361,9 @@ def _frames_where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
 
 def _ddim(w: _Walk, i: int, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     noise = w.noise(i, x) if w.eta > 0 else None
+    scales = {} if w.x0_scale is None else dict(scale_t=w.scales(w.plan[i]), scale_prev=w.scales(w.targets[i]))
     return ddim_step(w.mean(out), x, w.alphas(w.plan[i], w.final_ab), w.alphas(w.targets[i], w.final_ab),
-                     eta=w.eta, prediction=w.prediction, noise=noise, clip_x0=w.clip_x0)
+                     eta=w.eta, prediction=w.prediction, noise=noise, clip_x0=w.clip_x0, **scales)
 
 
 def _ddpm(w: _Walk, i: int, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,9 +388,10 @@ def _dpm_solver_pp_2m(w: _Walk, i: int, out: torch.Tensor, x: torch.Tensor) -> t
         first = first | ~started
         history = (prev_x0, w.per_frame(lam_prev))
     first_order = bool(first[0]) if bool((first == first[0]).all()) else first.view(1, 1, -1, 1, 1)
+    scales = {} if w.x0_scale is None else dict(scale_s=w.scales(t), scale_t=w.scales(s))
     x_new, pred_x0, (x0_now, lam_now) = dpm_solver_pp_2m_step(
         w.mean(out), x, w.alphas(t, w.final_ab), w.alphas(s, w.final_ab), history,
-        prediction=w.prediction, first_order=first_order, clip_x0=w.clip_x0)
+        prediction=w.prediction, first_order=first_order, clip_x0=w.clip_x0, **scales)
     lam_now = lam_now.reshape(-1).expand(t.shape[0])  # () or (1, 1, T, 1, 1) -> (T,)
     if w.history is None:
         w.history = (x0_now, lam_now.clone(), moving)
@@ -405,6 +458,8 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    if sampler == "ddpm" and getattr(schedule, "x0_scale", None) is not None:
+        raise ValueError(NO_SCALED_DDPM)
     if final_alpha not in ("one", "first"):
         raise ValueError(f"final_alpha must be 'one' or 'first'; got {final_alpha!r}")
     _check_prediction(prediction)

@@ -16,6 +16,15 @@ an eps prediction carries no information about x0. ``eps -> x0`` and ``eps -> v`
 parameterization, not a bug, so use v- or x0-prediction with zero terminal SNR, as Lin et
 al. 2023 do. ``v -> x0`` (``x0 = -v``) and ``v -> eps`` (``eps = x_t``) are finite everywhere.
 So are the DDPM and DDIM steps and the posterior.
+
+The x0 scale (VideoCrafter's ``use_scale``, ``diffusion.x0_scale``): the forward process multiplies x0 by
+``s_t`` (``x0_scale[t]``) as well, ``x_t = sqrt(ab_t) s_t x0 + sqrt(1 - ab_t) eps``; ``s_t`` ramps linearly from
+``scale_a`` to ``scale_b`` over the first ``mid_step`` timesteps and stays at ``scale_b`` after
+(:func:`make_x0_scale`). At each t this is the ordinary process of the scaled data ``y_t = s_t x0``: the model's
+eps, v and x0 predictions are those of ``y_t`` (an x0-prediction predicts ``s_t x0``), the conversions below are
+unchanged, and :meth:`NoiseSchedule.q_sample` and :meth:`NoiseSchedule.velocity` apply ``s_t`` themselves.
+Only a sampler, which moves between two levels with two scales, divides by ``s_t`` and multiplies by the next
+level's scale (samplers.py). Without it (``x0_scale is None``, the default) nothing here changes.
 """
 from __future__ import annotations
 
@@ -74,6 +83,23 @@ def make_betas(
     if zero_terminal_snr:
         betas = _zero_terminal_snr(betas)
     return betas
+
+
+def make_x0_scale(num_timesteps: int, scale_a: float = 1.0, scale_b: float = 0.7, mid_step: int = 400) -> torch.Tensor:
+    """VideoCrafter's ``scale_arr`` (lvdm/models/ddpm3d.py, ``LatentDiffusion.__init__``), float64, ``(num_timesteps,)``:
+    ``linspace(scale_a, scale_b, mid_step)`` (so ``scale_b`` is reached at t = mid_step - 1), then ``scale_b``.
+
+    The official code builds ``mid_step + num_timesteps`` values (or ``num_timesteps`` with ``fix_scale_bug``) and
+    only ever reads the first ``num_timesteps``: both variants give these values. It stores them in float32; here
+    they stay float64 like every schedule quantity.
+    """
+    if not 0 <= mid_step <= num_timesteps:
+        raise ValueError(f"mid_step must be in [0, {num_timesteps}] (the timesteps of the ramp); got {mid_step}")
+    if not (scale_a > 0 and scale_b > 0):
+        raise ValueError(f"scale_a and scale_b must be positive; got {scale_a}, {scale_b}")
+    ramp = np.linspace(scale_a, scale_b, mid_step)
+    rest = np.full(num_timesteps - mid_step, scale_b)
+    return torch.from_numpy(np.concatenate((ramp, rest))).to(torch.float64)
 
 
 def broadcast_timesteps(v: TimestepLike, x: torch.Tensor) -> torch.Tensor:
@@ -146,20 +172,25 @@ class NoiseSchedule:
     ``timestep_map[i]`` is the original timestep that index ``i`` stands for. It is the identity,
     except in a schedule made by :meth:`respaced`, whose indices are what the sampler walks and
     whose ``timestep_map`` gives what the model is called with.
+
+    ``x0_scale``: VideoCrafter's ``scale_arr`` (module docstring, :func:`make_x0_scale`), one positive value per
+    timestep, or None (the ordinary process).
     """
 
-    def __init__(self, betas: torch.Tensor, timestep_map: Optional[torch.Tensor] = None):
+    def __init__(self, betas: torch.Tensor, timestep_map: Optional[torch.Tensor] = None,
+                 x0_scale: Optional[torch.Tensor] = None):
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.dim() != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D sequence of values in (0, 1]")
-        self._setup(betas, torch.cumprod(1.0 - betas, dim=0), timestep_map)
+        self._setup(betas, torch.cumprod(1.0 - betas, dim=0), timestep_map, x0_scale)
 
     @classmethod
     def from_name(cls, schedule: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
                   beta_end: float = 0.02, zero_terminal_snr: bool = False) -> "NoiseSchedule":
         return cls(make_betas(schedule, num_timesteps, beta_start, beta_end, zero_terminal_snr))
 
-    def _setup(self, betas: torch.Tensor, alphas_cumprod: torch.Tensor, timestep_map: Optional[torch.Tensor]) -> None:
+    def _setup(self, betas: torch.Tensor, alphas_cumprod: torch.Tensor, timestep_map: Optional[torch.Tensor],
+               x0_scale: Optional[torch.Tensor] = None) -> None:
         n = betas.shape[0]
         self.num_timesteps = n
         self.betas = betas
@@ -183,13 +214,20 @@ class NoiseSchedule:
         if self.timestep_map.shape != (n,):
             raise ValueError(f"timestep_map must have shape ({n},); got {tuple(self.timestep_map.shape)}")
         self.is_respaced = not torch.equal(self.timestep_map, torch.arange(n))
+        if x0_scale is not None:
+            x0_scale = torch.as_tensor(x0_scale, dtype=torch.float64).detach().cpu()
+            if x0_scale.shape != (n,) or not bool((x0_scale > 0).all()):
+                raise ValueError(f"x0_scale must hold {n} positive values (one per timestep); got shape "
+                                 f"{tuple(x0_scale.shape)}")
+        self.x0_scale: Optional[torch.Tensor] = x0_scale  # VideoCrafter's scale_arr, or None
 
     def __len__(self) -> int:
         return self.num_timesteps
 
     def __repr__(self) -> str:
+        scale = "" if self.x0_scale is None else f", x0_scale=[{self.x0_scale[0]:.3g}..{self.x0_scale[-1]:.3g}]"
         return (f"NoiseSchedule(num_timesteps={self.num_timesteps}, beta=[{self.betas[0]:.3g}..{self.betas[-1]:.3g}], "
-                f"alpha_cumprod[-1]={self.alphas_cumprod[-1]:.3g}, respaced={self.is_respaced})")
+                f"alpha_cumprod[-1]={self.alphas_cumprod[-1]:.3g}, respaced={self.is_respaced}{scale})")
 
     # -- gathering ---------------------------------------------------------------------------
     def _gather(self, arr: torch.Tensor, t: TimestepLike) -> torch.Tensor:
@@ -219,13 +257,31 @@ class NoiseSchedule:
     # -- forward process ---------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: TimestepLike, noise: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``x_t ~ q(x_t | x0)``; with ``t`` of shape (B, T), each frame gets its own noise level."""
+        """Draw ``x_t ~ q(x_t | x0)``; with ``t`` of shape (B, T), each frame gets its own noise level.
+
+        With ``x0_scale``: ``sqrt(ab_t) s_t x0 + sqrt(1 - ab_t) noise`` (VideoCrafter's q_sample), the factor
+        ``sqrt(ab_t) s_t`` formed in float64."""
         if noise is None:
             noise = randn_like(x0, generator)
+        if self.x0_scale is not None:
+            signal = self.gather(self.sqrt_alphas_cumprod * self.x0_scale, t, x0)
+            return signal * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         return self.gather(self.sqrt_alphas_cumprod, t, x0) * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
+    def scale_x0(self, x0: torch.Tensor, t: TimestepLike) -> torch.Tensor:
+        """``s_t x0``: the data as the process at t sees it (what an x0-prediction predicts); x0 without x0_scale."""
+        return x0 if self.x0_scale is None else self.gather(self.x0_scale, t, x0) * x0
+
+    def unscale_x0(self, y: torch.Tensor, t: TimestepLike) -> torch.Tensor:
+        """The inverse of :meth:`scale_x0`: x0 from the scaled data ``s_t x0`` (a model's x0 estimate)."""
+        return y if self.x0_scale is None else y / self.gather(self.x0_scale, t, y)
+
     def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: TimestepLike) -> torch.Tensor:
-        """The v-prediction target ``sqrt(ab) eps - sqrt(1 - ab) x0`` (finite at zero terminal SNR)."""
+        """The v-prediction target ``sqrt(ab) eps - sqrt(1 - ab) x0`` (finite at zero terminal SNR); with
+        ``x0_scale``, that of the scaled data, ``sqrt(ab) eps - sqrt(1 - ab) s_t x0``."""
+        if self.x0_scale is not None:
+            data = self.gather(self.sqrt_one_minus_alphas_cumprod * self.x0_scale, t, x0)
+            return self.gather(self.sqrt_alphas_cumprod, t, x0) * noise - data * x0
         return self.gather(self.sqrt_alphas_cumprod, t, x0) * noise - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
     # -- conversions -------------------------------------------------------------------------
@@ -279,7 +335,7 @@ class NoiseSchedule:
         ab = self.alphas_cumprod[idx]
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
         new = NoiseSchedule.__new__(NoiseSchedule)
-        new._setup(1.0 - ab / ab_prev, ab, self.timestep_map[idx])
+        new._setup(1.0 - ab / ab_prev, ab, self.timestep_map[idx], None if self.x0_scale is None else self.x0_scale[idx])
         return new
 
 
@@ -341,6 +397,8 @@ def randn(shape, generator=None, dtype: torch.dtype = torch.float32, device=None
 
 
 def build_schedule(cfg) -> NoiseSchedule:
-    """The training schedule a ``diffusion:`` section (DiffusionConfig) describes."""
+    """The training schedule a ``diffusion:`` section (DiffusionConfig) describes, with its ``x0_scale`` if set."""
+    scale = getattr(cfg, "x0_scale", None)
+    x0_scale = None if scale is None else make_x0_scale(cfg.num_timesteps, scale.scale_a, scale.scale_b, scale.mid_step)
     return NoiseSchedule(make_betas(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end,
-                                    zero_terminal_snr=cfg.zero_terminal_snr))
+                                    zero_terminal_snr=cfg.zero_terminal_snr), x0_scale=x0_scale)

@@ -6,11 +6,19 @@ shared parts: the input checks, per-frame timesteps, the class embedding, the cl
 of its frames), ``parameter_groups`` (a family names its temporal modules) and the frame-batch round trip.
 A family adds its temporal layers and its own conditions (Video LDM: given frames into the temporal layers,
 a low-resolution video, a noise level; VideoCrafter: the frame rate, given frames along channels).
+
+Temporal guidance (VideoCrafter's ``unconditional_guidance_scale_temporal``, diffusion/guidance.py) needs the model
+without its temporal attention: ``with model.skipping_temporal_attention(mask): model(x, t, cond)`` runs the
+examples where the (B,) bool ``mask`` holds (or all, for ``True``) with every temporal attention layer passing its
+input through; ``VideoState.skip_temporal_attention`` carries the mask to the layers. A model supports it
+(``supports_temporal_guidance``) when its temporal attention layers honour that flag (their class sets
+``honours_skip_temporal_attention``: VideoCrafter's; Video LDM's α-blended layers do not).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Optional, Union
 
 import torch
 from torch import nn
@@ -30,6 +38,9 @@ class VideoState:
     text: Optional[torch.Tensor] = None  # (B, L, D)
     text_mask: Optional[torch.Tensor] = None  # (B, L) bool
     context: Optional[list[torch.Tensor]] = None  # Video LDM: the given frames' features, one map per level
+    # (B,) bool: the examples whose temporal attention layers pass their input through (temporal guidance's
+    # extra branch); None: none. Set by UNetVideoModel.run_unet under skipping_temporal_attention()
+    skip_temporal_attention: Optional[torch.Tensor] = None
 
 
 def to_frames(x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +106,40 @@ class UNetVideoModel(nn.Module):
     def is_temporal(cls, name: str) -> bool:
         return any(f".{part}." in f".{name}" for part in cls.temporal_names)
 
+    # ------------------------------------------------------------------ temporal guidance
+    @property
+    def supports_temporal_guidance(self) -> bool:
+        """Whether the model has temporal attention layers that can be skipped (``skipping_temporal_attention``)."""
+        return any(getattr(m, "honours_skip_temporal_attention", False) for m in self.modules())
+
+    @contextlib.contextmanager
+    def skipping_temporal_attention(self, mask: Union[bool, torch.Tensor] = True):
+        """Within the block, forwards skip the temporal attention layers of the examples where ``mask`` holds: a
+        (B,) bool tensor over the forward's batch, or ``True`` for every example. The temporal convolutions and
+        every other layer run as always. A model whose layers do not honour it raises a ValueError."""
+        if not self.supports_temporal_guidance:
+            raise ValueError(f"this {self.display_name} has no temporal attention it can skip: temporal guidance "
+                             "needs VideoCrafter's temporal transformers")
+        previous = getattr(self, "_skip_temporal_attention", None)
+        self._skip_temporal_attention = mask
+        try:
+            yield self
+        finally:
+            self._skip_temporal_attention = previous
+
+    def _skip_mask(self, batch: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The (B,) bool mask of ``skipping_temporal_attention`` for a forward of ``batch`` clips, or None."""
+        mask = getattr(self, "_skip_temporal_attention", None)
+        if mask is None or mask is False:
+            return None
+        if mask is True:
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        mask = torch.as_tensor(mask, device=device)
+        if mask.dtype != torch.bool or mask.shape != (batch,):
+            raise ValueError(f"the temporal-attention skip mask must be a bool tensor of shape (B,) = ({batch},), "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        return mask
+
     # ------------------------------------------------------------------ forward pieces
     def check_input(self, x: torch.Tensor, cond: Optional[Conditioning], num_images: int) -> None:
         check_accepted(cond, self.accepts, type(self).__name__)
@@ -150,6 +195,9 @@ class UNetVideoModel(nn.Module):
             context = video.text.repeat_interleave(T, dim=0)
             context_mask = None if video.text_mask is None else video.text_mask.repeat_interleave(T, dim=0)
         extra = {} if image is None else {"image_context": image}
+        skip = self._skip_mask(B, inputs.device)
+        if skip is not None:  # temporal guidance's branch: its temporal attention layers pass their input through
+            video.skip_temporal_attention = skip
         out = self.unet(inputs, self.frame_timesteps(t, B, T), context=context, context_mask=context_mask,
                         emb=emb, video=video, **extra)  # (B·T, C_out, H, W)
         return out.view(B, T, self.out_channels, H, W).transpose(1, 2)

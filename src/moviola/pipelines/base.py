@@ -25,6 +25,18 @@ unconditional branch is ``f(∅_S)`` already, so the two guidances add: one guid
 ``cfg + s − 1``. The paper uses s ≥ 1; any finite s is taken, as for ``cfg`` (s < 1 weakens the
 frames' pull; at ``cfg=1``, s = 0 gives the output with the frames dropped).
 
+Temporal guidance (VideoCrafter's ``unconditional_guidance_scale_temporal``) with weight ``temporal_guidance`` = s
+adds ``s·(f(c) − f(c, no temporal attention))`` to the guided output: the conditional branch evaluated once more
+with the model's temporal attention layers skipped (their input passes through; temporal convolutions and every
+other layer run). s is an additive weight as in the official code: 0 (the default) is none and costs nothing; any
+finite s is taken. It is one more branch in the same batch, for a model that can skip its temporal attention
+(``model.supports_temporal_guidance``: VideoCrafter); asking another model for it is a ValueError. Unlike the
+official sampler, which adds it only inside its classifier-free-guidance branch, it applies at ``cfg=1`` too.
+
+The diffusion section's sampling keys apply to every call: ``diffusion.timestep_spacing`` and ``steps_offset``
+(which timesteps the steps visit), ``final_alpha`` (where the last step lands) and ``x0_scale`` (VideoCrafter's
+``use_scale``, mirrored by the ddim and dpm++2m samplers; ddpm is refused with it).
+
 Given frames (a model with context frames): ``image=`` is frame 0 (image-to-video); ``frames=``
 maps any frame index to an image (prediction from a first frame, interpolation between the ends,
 any keyframes). An image is resized to cover the frame size keeping its aspect ratio, then
@@ -44,7 +56,7 @@ is not a guidance target: both branches of guidance get it. A model trained with
 and ``frame_rate()`` is 8, the Moving Shapes files' rate and ``save_video``'s default.
 
 Arguments are checked before anything is encoded or sampled: a wrong type is a TypeError, a value
-out of range (a NaN or infinite ``cfg`` or ``context_guidance``, a negative ``eta``, ``steps``
+out of range (a NaN or infinite ``cfg``, ``context_guidance`` or ``temporal_guidance``, a negative ``eta``, ``steps``
 outside 1..num_timesteps, a frame count, size, ``num_videos`` or ``batch_size`` below 1, an unknown
 sampler) a ValueError naming the argument. Any finite ``cfg`` is allowed (negative guidance included),
 and any finite ``context_guidance``; numpy numbers are
@@ -70,6 +82,7 @@ from moviola.conditioning import Conditioning
 from moviola.conditioning.text import build_text
 from moviola.config import RunConfig
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
+from moviola.diffusion.samplers import NO_SCALED_DDPM
 from moviola.diffusion.schedule import randn
 from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
                                       given_frames, checked_fps, checked_int, checked_real, warn)
@@ -296,17 +309,21 @@ class Pipeline:
     # ---------------------------------------------------------------- step 2: denoise
     def denoise(self, conds: Conditions, x_T: torch.Tensor, generators: Sequence[torch.Generator], scale: float,
                 sampler: str, steps: int, eta: float, progress: bool = False,
-                plan: Optional[torch.Tensor] = None, context_guidance: float = 1.0) -> torch.Tensor:
+                plan: Optional[torch.Tensor] = None, context_guidance: float = 1.0,
+                temporal_guidance: float = 0.0) -> torch.Tensor:
         """A latent batch from its start noise ``x_T`` under classifier-free guidance of strength ``scale``.
 
         ``plan``: a ``(steps, T)`` timestep plan (diffusion/plans.py: per-frame levels, clean frames) instead
         of ``steps`` evenly spaced levels shared by every frame. ``context_guidance``: the scale s of
         context guidance on the given frames (module docstring); without given frames it is ignored,
-        as ``scale`` is with nothing to guide on (the call warns about both).
+        as ``scale`` is with nothing to guide on (the call warns about both). ``temporal_guidance``: the weight
+        of VideoCrafter's temporal guidance (module docstring; 0 = none).
         """
         scale, steps, eta = check_sampling(self.schedule.num_timesteps, scale, sampler, steps, eta,
                                             planned=plan is not None)
         context_scale = checked_real("context_guidance", context_guidance)
+        temporal_scale = self._checked_temporal_guidance(temporal_guidance)
+        self._check_schedule(sampler, steps, planned=plan is not None)
         c = self.config
         scale = scale if conds.guided else 1.0  # nothing to guide on: one plain pass
         no_frames = None  # the condition with its given frames dropped: context guidance's second branch
@@ -321,11 +338,32 @@ class Pipeline:
         fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma,
                              self_condition="self_cond" in self.accepts,
                              second_uncond=None if no_frames is None else no_frames.to(self.device),
-                             second_scale=context_scale)
+                             second_scale=context_scale, temporal_scale=temporal_scale)
         return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
                       prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
-                      timestep_spacing=c.diffusion.timestep_spacing, generator=list(generators),
+                      timestep_spacing=c.diffusion.timestep_spacing, steps_offset=c.diffusion.steps_offset,
+                      final_alpha=c.diffusion.final_alpha, generator=list(generators),
                       x_T=x_T.to(self.device), progress=progress, plan=plan)
+
+    def _checked_temporal_guidance(self, value) -> float:
+        """``temporal_guidance`` as a finite float; other than 0 only for a model that can skip its temporal attention."""
+        value = checked_real("temporal_guidance", value)
+        if value != 0.0 and not getattr(self.model, "supports_temporal_guidance", False):
+            raise ValueError(f"temporal_guidance={value:g}: this model cannot be evaluated without its temporal "
+                             "attention (VideoCrafter's temporal guidance needs its temporal transformers): "
+                             "leave temporal_guidance at 0")
+        return value
+
+    def _check_schedule(self, sampler: str, steps: int, planned: bool = False) -> None:
+        """The sampler and step count against the diffusion section: ddpm has no step for an x0 scale, and
+        ``steps_offset`` must not push the last step past the schedule."""
+        d, n = self.config.diffusion, self.schedule.num_timesteps
+        if sampler == "ddpm" and getattr(self.schedule, "x0_scale", None) is not None:
+            raise ValueError(NO_SCALED_DDPM)
+        if not planned and d.steps_offset and (steps - 1) * (n // steps) + d.steps_offset >= n:
+            raise ValueError(f"steps={steps} with diffusion.steps_offset={d.steps_offset} visits timestep "
+                             f"{(steps - 1) * (n // steps) + d.steps_offset}, past the schedule's last ({n - 1}): "
+                             "take fewer steps")
 
     # ---------------------------------------------------------------- step 3: decode
     def decode(self, z: torch.Tensor, conds: Optional[Conditions] = None) -> torch.Tensor:
@@ -346,11 +384,15 @@ class Pipeline:
                  negative_prompt: Union[str, Sequence[str], None] = None,
                  image: Union[ImageLike, Sequence[ImageLike], None] = None,
                  frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None,
-                 context_guidance: float = 1.0, fps: Optional[float] = None) -> torch.Tensor:
+                 context_guidance: float = 1.0, fps: Optional[float] = None,
+                 temporal_guidance: float = 0.0) -> torch.Tensor:
         """Videos ``(B, C, T, H, W)`` in [-1, 1]; ``image`` is frame 0, ``frames`` maps frame indices to images.
 
         ``context_guidance``: Video LDM's guidance scale s on the given frames (module docstring), any
         finite number; 1 (the default) is none.
+
+        ``temporal_guidance``: VideoCrafter's temporal guidance weight (module docstring), any finite number;
+        0 (the default) is none; other than 0 a ValueError for a model without skippable temporal attention.
 
         ``fps``: the frame rate, for a model conditioned on it (module docstring): the condition of every
         video and the rate to write them at, ``pipe.frame_rate(fps)`` (default: the training data's
@@ -366,6 +408,8 @@ class Pipeline:
         scale, steps, eta_value = check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
                                                   sampler, steps, c.sample.eta if eta is None else eta)
         context_guidance = checked_real("context_guidance", context_guidance)
+        temporal_guidance = self._checked_temporal_guidance(temporal_guidance)
+        self._check_schedule(sampler, steps)
         fps = None if fps is None else checked_fps(fps)
         batch_size = checked_int("batch_size", batch_size)
         if prompt is not None and labels is not None:
@@ -394,7 +438,7 @@ class Pipeline:
             x_T = randn((len(idx), *latent), generator=gens)
             part = conds.index(idx)
             z = self.denoise(part, x_T, gens, scale, sampler, steps, eta_value, progress,
-                             context_guidance=context_guidance)
+                             context_guidance=context_guidance, temporal_guidance=temporal_guidance)
             videos.append(self.decode(z, part))
         return torch.cat(videos)
 
