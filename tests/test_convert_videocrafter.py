@@ -555,6 +555,9 @@ def test_converted_checkpoint_gives_the_official_output(tmp_path, vae_dir, varia
     assert written["diffusion"]["schedule"] == "scaled_linear"  # lvdm's "linear"
     assert written["diffusion"]["beta_end"] == pytest.approx(0.012)
     assert written["conditions"]["fps"] == bool(cfg.get("fps_cond"))
+    # use_scale and the official DDIM's timesteps: sampled as the official sampler does
+    assert written["diffusion"]["x0_scale"] == {"scale_a": 1.0, "scale_b": pytest.approx(0.7), "mid_step": 400}
+    assert (written["diffusion"]["steps_offset"], written["diffusion"]["final_alpha"]) == (1, "first")
 
     g = torch.Generator().manual_seed(11)
     size = (6, 8) if variant == "cross" else (8, 8)  # cross: the official needs H·W divisible by T at every level

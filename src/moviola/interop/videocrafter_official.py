@@ -59,8 +59,9 @@ re-implementation in tests/test_convert_videocrafter.py):
 Not in the U-Net, and so not converted: ``first_stage_model.*`` (the SD VAE: give its diffusers directory with
 ``--vae``), ``cond_stage_model.*`` (OpenCLIP ViT-H-14; ``--text-encoder`` sets a transformers CLIP text
 encoder, penultimate layer, 77 tokens), the schedule buffers (read: betas -> the diffusion section),
-``model_ema.*``. ``use_scale`` (VC2, VC1-1024: x0 scaled by ``scale_arr[t]`` in q_sample and the DDIM step) is not
-a moviola schedule: the converted network is exact, samples from moviola's samplers differ; a warning says so.
+``model_ema.*``. ``use_scale`` (VC2, VC1-1024: x0 scaled by ``scale_arr[t]`` in q_sample and the DDIM step) becomes
+``diffusion.x0_scale``, and the official DDIM's timesteps (offset 1, ending on alphas_cumprod[0]) its
+``steps_offset``/``final_alpha``: moviola's DDIM then takes the official steps.
 
 Image-to-video (VC1 I2V 512, ``use_image_attention``, ``finegrained``): every spatial ``attn2`` also has
 ``to_k_ip``/``to_v_ip`` (same names in moviola's dual cross-attention, the query shared, scale 1.0) and
@@ -674,9 +675,12 @@ def diffusion_section(params: dict[str, Any], buffers: dict[str, torch.Tensor], 
         scale_b = params.get("scale_b", 0.3)
         if "scale_arr" in buffers and not buffers["scale_arr"].is_meta:
             scale_b = round(buffers["scale_arr"][-1].item(), 6)
-        notes.append(f"use_scale (scale_b={scale_b}): the official q_sample and DDIM step scale x0 by scale_arr[t]; "
-                     "moviola's samplers do not, so samples differ from the official sampler's (the converted "
-                     "network itself is exact)")
+        section["x0_scale"] = {"scale_a": float(params.get("scale_a", 1.0)), "scale_b": float(scale_b),
+                               "mid_step": int(params.get("mid_step", 400))}
+        notes.append(f"use_scale (scale_b={scale_b}): x0 is scaled by scale_arr[t] in training and sampling "
+                     "(diffusion.x0_scale), as the official q_sample and DDIM step")
+    # the official DDIM: timesteps 981 … 1 (an offset of 1) ending on alphas_cumprod[0]
+    section.update(timestep_spacing="leading", steps_offset=1, final_alpha="first")
     return section, notes
 
 
