@@ -35,7 +35,8 @@ def save_unet(root, seed=0, **kw):
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-         "prediction_type": "v_prediction", "num_train_timesteps": 1000}))
+         "prediction_type": "v_prediction", "num_train_timesteps": 1000, "steps_offset": 1,
+         "set_alpha_to_one": False}))
     return unet
 
 
@@ -60,6 +61,7 @@ def test_the_converted_model_gives_diffusers_output_on_a_one_frame_video(tmp_pat
     assert cfg.model.family == "video_ldm" and cfg.model.temporal_layers == "none"
     assert cfg.conditions.text_channels == 24 and cfg.diffusion.prediction == "v"
     assert cfg.diffusion.schedule == "scaled_linear"
+    assert (cfg.diffusion.steps_offset, cfg.diffusion.final_alpha) == (1, "first")  # SD's DDIM timesteps
     x, t, text, mask = inputs()
     with torch.no_grad():
         want = unet(x, t, encoder_hidden_states=text, encoder_attention_mask=mask).sample

@@ -4,6 +4,8 @@ tiny W.A.L.T and tiny Latte, two training steps each; plus the pin that a frame 
 old batches (their per-frame encoding is what encoding each image alone gives)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -215,3 +217,18 @@ def test_joint_images_with_text_refuse_a_caption_with_one_clip_before_training(t
     for b, i in enumerate(idx):  # the identity autoencoder: the image is a frame of clip i ± 40, same caption
         mate = data[(i + 40) % 80]["video"]
         assert any(torch.equal(x0[b, :, 4], mate[:, f]) for f in range(4))
+
+
+def test_a_run_saved_before_image_captions_keeps_images_from_any_clip(tmp_path):
+    """data.image_captions: new configs take a video's images from clips with its caption; a run saved before
+    the key existed resumes with the images it trained on (any clip), so its batches stay the same."""
+    from moviola.config import config_from_json, save_config
+
+    cfg = load_config(overrides=["data.use_image_num=2"])
+    assert cfg.data.image_captions == "same"
+    save_config(cfg, tmp_path / "config.json")
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert raw["data"]["image_captions"] == "same" and config_from_json(tmp_path / "config.json") == cfg
+    del raw["data"]["image_captions"]  # as a run saved before the key wrote it
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert config_from_json(tmp_path / "config.json").data.image_captions == "any"

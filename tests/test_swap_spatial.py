@@ -156,6 +156,8 @@ REFUSED = {
     "classes": (_image("conditions.num_classes=5"),
                 r"^conditions\.num_classes \(the class count\) differs: VIDEO has 0, IMAGE has 5"),
     "v-prediction": (_image("diffusion.prediction=v"), r"^diffusion\.prediction .*differs"),
+    "other-heads": (_image("model.num_heads=1"), r"^the U-Net's heads per level .*differs: VIDEO has \(2, 2\), "
+                                                  r"IMAGE has \(1, 1\)"),  # the same shapes, another function
 }
 
 

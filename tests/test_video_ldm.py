@@ -244,6 +244,8 @@ def test_the_spatial_stage_trains_the_image_model_only(tmp_path):
     (["model.size=sd3"], ["model.size", "sd15"]),
     (["conditions.noise_level=true"], ["conditions.noise_level", "conditions.low_res"]),
     (["model.temporal_layers=both"], ["model.temporal_layers"]),
+    (["model.temporal_layers=none", "conditions.context_frames=true"], ["conditions.context_frames",
+                                                                       "model.temporal_layers=none"]),
 ])
 def test_bad_configs_are_one_line_errors_before_any_compute(extra, words):
     with pytest.raises(ConfigError) as e:

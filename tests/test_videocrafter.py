@@ -236,6 +236,11 @@ def test_parameter_groups_temporal_is_exactly_the_temporal_layers():
     names = {n for n, _ in model.named_parameters()}
     assert "unet.mid_block.temp_convs.1.conv4.3.weight" in names
     assert "unet.up_blocks.1.temp_attentions.1.transformer_blocks.0.ff.net.0.proj.weight" in names
+    # the frame-rate embedding is motion: a temporal stage (from an image model, where it starts at zero) trains it
+    rate = vc(ConditionsConfig(text_channels=TEXT, fps=True))
+    fps = {id(p) for p in rate.fps_embedding.parameters()}
+    assert fps and fps <= {id(p) for p in rate.parameter_groups("temporal")}
+    assert not fps & {id(p) for p in rate.parameter_groups("spatial")}
     no_conv = vc(temporal_conv=False, addition_attention=False)
     assert not any("temp_convs" in n or "transformer_in" in n for n, _ in no_conv.named_parameters())
 

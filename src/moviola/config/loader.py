@@ -194,12 +194,15 @@ def config_from_json(path: Union[str, Path]) -> RunConfig:
     A relative ``autoencoder.path`` is looked up next to the file first, then in the current
     directory: an exported checkpoint names its autoencoder relative to itself (``moviola export``
     writes it so), and then loads from any working directory. (Training writes absolute paths.)
-    A config saved before ``train.task`` existed gets the task its autoencoder section implies.
+    A config saved before ``train.task`` existed gets the task its autoencoder section implies, and one saved
+    before ``data.image_captions`` the joint images it trained with (from any clip).
     """
     data = json.loads(Path(path).read_text())
     ae = data.get("autoencoder") if isinstance(data, dict) else None
     if isinstance(ae, dict) and isinstance(ae.get("path"), str) and ae["path"]:
         ae["path"] = str(locate_autoencoder(ae["path"], Path(path).parent))
+    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "image_captions" not in data["data"]:
+        data["data"]["image_captions"] = "any"  # saved before the key: its joint images came from any clip
     cfg = build_config(data, str(path))
     named = isinstance(data, dict) and isinstance(data.get("train"), dict) and "task" in data["train"]
     if not named and trains_autoencoder(cfg.autoencoder):

@@ -425,6 +425,9 @@ class VideoLDMConfig:
         if self.temporal_mix == "learned" and not 0.0 < self.alpha_init < 1.0:
             raise ConfigError(f"model.alpha_init={self.alpha_init}: a learned α = sigmoid(logit) starts inside "
                               "(0, 1); use model.temporal_mix=fixed for α = 0 or 1")
+        if c.context_frames and self.temporal_layers == "none":
+            raise ConfigError("conditions.context_frames: given frames reach Video LDM's temporal layers, and "
+                              "model.temporal_layers=none has none; add temporal layers or turn context frames off")
         if c.noise_level and not c.low_res:
             raise ConfigError("conditions.noise_level (noise augmentation of the low-resolution input) needs "
                               "conditions.low_res")

@@ -81,6 +81,9 @@ class DataConfig:
     bounce: bool = False
     num_workers: int = 0
     use_image_num: int = 0  # image-video joint training: single frames of other clips after each video
+    # which clips a video's joint images come from in a run with text (captions are per video): clips with
+    # the video's caption, so the prompt is true of them, or any clip (what runs saved before this key did)
+    image_captions: Literal["same", "any"] = "same"
     latent_cache: bool = False  # encode each clip once and keep its latent on disk (data/latent_cache.py)
 
 

@@ -119,7 +119,8 @@ def import_diffusers_unet(src: Union[str, Path], out_dir: Union[str, Path], vae:
 
 
 def _schedule(path: Path) -> dict:
-    """The diffusion section of a diffusers scheduler config (SD 1.x's when there is none)."""
+    """The diffusion section of a diffusers scheduler config (SD 1.x's when there is none: scaled linear, ε,
+    steps_offset 1, set_alpha_to_one false); a key the file leaves out takes DDIMScheduler's default."""
     sched = json.loads(path.read_text()) if path.is_file() else {}
     kind = sched.get("beta_schedule", "scaled_linear")
     if kind not in ("linear", "scaled_linear"):
@@ -128,6 +129,12 @@ def _schedule(path: Path) -> dict:
     if prediction is None:
         raise CheckpointError(f"{path}: prediction_type {sched.get('prediction_type')!r} is not epsilon, "
                               "v_prediction or sample")
-    return {"schedule": kind, "beta_start": sched.get("beta_start", 0.00085), "beta_end": sched.get("beta_end", 0.012),
-            "num_timesteps": sched.get("num_train_timesteps", 1000), "prediction": prediction,
-            "timestep_spacing": sched.get("timestep_spacing", "leading")}
+    spacing = sched.get("timestep_spacing", "leading")
+    section = {"schedule": kind, "beta_start": sched.get("beta_start", 0.00085),
+               "beta_end": sched.get("beta_end", 0.012), "num_timesteps": sched.get("num_train_timesteps", 1000),
+               "prediction": prediction, "timestep_spacing": spacing,
+               # SD's DDIM: timesteps 1 … 981 (steps_offset 1) ending on alphas_cumprod[0] (set_alpha_to_one false)
+               "final_alpha": "one" if sched.get("set_alpha_to_one", path.is_file()) else "first"}
+    if spacing == "leading":
+        section["steps_offset"] = int(sched.get("steps_offset", 0 if path.is_file() else 1))
+    return section

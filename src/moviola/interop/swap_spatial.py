@@ -68,6 +68,17 @@ def _check_conditions(video_cfg, image_cfg) -> None:
              ("model.learned_sigma", video_cfg.model.learned_sigma, image_cfg.model.learned_sigma),
              ("diffusion.prediction (what the U-Net outputs)", video_cfg.diffusion.prediction,
               image_cfg.diffusion.prediction)]
+    _refuse_differences(pairs)
+
+
+def _check_unet_settings(video_cfg, image_cfg) -> None:
+    """What shapes no tensor but changes the U-Net's function: heads, groups (checked after the tensors)."""
+    v, i = video_cfg.model.dims(), image_cfg.model.dims()
+    _refuse_differences([("the U-Net's heads per level (model.num_heads / model.head_channels)", v.heads(), i.heads()),
+                         ("model.norm_num_groups", v.norm_num_groups, i.norm_num_groups)])
+
+
+def _refuse_differences(pairs) -> None:
     for what, v, i in pairs:
         if v != i:
             raise CheckpointError(f"{what} differs: VIDEO has {v!r}, IMAGE has {i!r}; the spatial layers of IMAGE "
@@ -110,6 +121,7 @@ def swap_spatial(video: Union[str, Path], image: Union[str, Path], out: Union[st
     if extra:
         raise CheckpointError(f"IMAGE {image} has spatial tensors VIDEO lacks ({len(extra)}, first {extra[0]} "
                               f"{tuple(i_sd[extra[0]].shape)}): not the same spatial architecture")
+    _check_unet_settings(v_cfg, i_cfg)
 
     sd = {k: (v_sd[k] if k in v_temporal else i_sd[k]) for k in order}
     sd = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}

@@ -729,6 +729,8 @@ def convert_videocrafter(src: Union[str, Path], out_dir: Union[str, Path], vae: 
     side = (min(image_size) if isinstance(image_size, (list, tuple)) else image_size) if image_size else 40
     size = -(-int(side) * factor // step) * step  # the short side (moviola's clips are square), a valid size
     tree["data"] = {"dataset": "folder", "root": "data/videos", "size": size, "frames": 16}  # VideoCrafter's clips
+    if tree.get("conditions", {}).get("fps"):  # the rate the official text-to-video script conditions on
+        tree["data"]["fps"] = 28
     if text_encoder is not None:
         tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 77, "layer": "penultimate"}
     try:

@@ -57,6 +57,7 @@ class UNetVideoModel(nn.Module):
     display_name: ClassVar[str]  # in messages: "Video LDM", "VideoCrafter"
     temporal_names: ClassVar[tuple[str, ...]]  # module names whose parameters train.stage=temporal trains
     joint_images = True  # image frames bypass every temporal layer
+    input_embedding = "unet.conv_in.weight"  # the layer --init-from copies by input_groups (training/trainer.py)
 
     def setup(self, cfg, conditions: ConditionsConfig, in_channels: int) -> None:
         """The attributes every U-Net family has; refuses a condition the family cannot take."""

@@ -37,7 +37,8 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
     """Warm start from a moviola checkpoint (e.g. a shipped ``checkpoints/*`` export): every weight
     whose name and shape match is copied; optimizer state and step count start fresh.
 
-    The input embedding (``x_embedder.proj.weight``) is copied group by group of input channels
+    The input embedding (the family's ``input_embedding``: ``x_embedder.proj.weight``, a U-Net's
+    ``unet.conv_in.weight``) is copied group by group of input channels
     (the model's ``input_groups``: x_t, context frames, the self-conditioning estimate, ...): a group
     both models have keeps its weights, a group only the new model has starts at zero (no influence,
     as SD's inpainting models start), a group only the old one had is dropped. So a model without
@@ -54,7 +55,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> list[str]:
         for k, v in loaded.items():
             own[k].copy_(v.to(own[k].dtype))
     lines = [f"init-from {ckpt}/{name}.safetensors: loaded {len(loaded)} of {len(own)} tensors"]
-    key = "x_embedder.proj.weight"
+    key = getattr(type(model), "input_embedding", "x_embedder.proj.weight")  # the family's input layer
     if key in own and key in sd and key not in loaded:
         lines.append(_copy_input_groups(model, own[key], sd[key], config_from_json(ckpt / "config.json")))
         loaded[key] = sd[key]
@@ -127,9 +128,9 @@ class DiffusionTask(Task):
         cfg, t = self.cfg, self.cfg.train
         self.dataset, self.plan = dataset, plan
         self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
+        self.image_groups = self._image_groups()  # before the cache is filled: its refusal costs no encoding
         if cfg.data.latent_cache:
             self._cache_latents()
-        self.image_groups = self._image_groups()
         self.schedule = build_schedule(cfg.diffusion)
         model = build_model(cfg.model, cfg.conditions, self.autoencoder.latent_channels).to(self.device)
         if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
@@ -164,14 +165,16 @@ class DiffusionTask(Task):
 
     def _image_groups(self) -> Optional[dict[str, list[int]]]:
         """With text and joint images: the clips of each caption, where a video's images come from (data/joint.py)."""
-        if not (self.cfg.data.use_image_num and self.text is not None):
+        d = self.cfg.data
+        if not (d.use_image_num and self.text is not None and d.image_captions == "same"):
             return None
         groups = caption_groups(self.dataset)
         alone = [c for c, members in groups.items() if len(members) < 2]
         if alone:
             raise ConfigError(f"data.use_image_num > 0 with text: a video's images come from other clips with its "
                               f"caption (captions are per video), and {len(alone)} caption(s) have one clip only, "
-                              f"e.g. {alone[0]!r}; give each caption two clips or more, or set data.use_image_num=0")
+                              f"e.g. {alone[0]!r}; give each caption two clips or more, set data.image_captions=any "
+                              "(images from any clip, their captions then wrong) or data.use_image_num=0")
         return groups
 
     # ---------------------------------------------------------------- one step

@@ -51,7 +51,9 @@ class VideoCrafter(UNetVideoModel):
 
     family = "videocrafter"
     display_name = "VideoCrafter"
-    temporal_names = ("temp_convs", "temp_attentions", "transformer_in")  # what train.stage=temporal trains
+    # what train.stage=temporal trains: the temporal layers and the frame-rate embedding (motion; it starts at
+    # zero, so a temporal stage from an image model must train it to learn speed)
+    temporal_names = ("temp_convs", "temp_attentions", "transformer_in", "fps_embedding")
 
     def __init__(self, cfg: VideoCrafterConfig, conditions: ConditionsConfig = ConditionsConfig(),
                  in_channels: int = 4):
