@@ -22,9 +22,8 @@ Choices the spec leaves open (kept fixed: changing any of them changes the bench
 Frame strides (beyond the spec, for frame-rate conditioning; data/strides.py): a clip of T frames at
 stride ``s`` is frames ``0, s, 2s, ...`` of clip ``index`` rendered with ``(T - 1) * s + 1`` frames, so
 its object moves ``s * S/32`` pixels per frame. Without bounce that longer clip must fit:
-``(T - 1) * s + 1 <= 21``. Stride 1 is the spec's clip, unchanged. Moving Shapes has no native frame
-rate of its own: ``data.fps`` (default 24) is the convention a run conditions on (a stride-s clip is at
-24 / s fps); the files ``write_shapes_folder`` writes play at the spec's 8 fps.
+``(T - 1) * s + 1 <= 21``. Stride 1 is the spec's clip, unchanged. ``data.fps`` (default 8, the spec's
+rate, at which ``write_shapes_folder``'s files play) is what a run conditions on: a stride-s clip is at 8 / s fps.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A clip at stride ``s`` is frames ``0, s, 2s, ...`` of its source, so its motion is ``s`` times faster
 per frame and its frame rate is ``data.fps / s``: ``data.fps`` is the native rate of the data (a
-folder's files; Moving Shapes has none of its own and takes the convention 24).
+folder's files; Moving Shapes' is 8, the spec's).
 
 With ``data.frame_strides`` (a list) each item draws its stride from the list, uniformly over the list's
 entries (list a stride twice to draw it twice as often), as a pure function of ``(data.seed, key)``: the
@@ -51,7 +51,7 @@ def strides_of(data_cfg) -> tuple[int, ...]:
 
 def clip_fps(data_cfg, stride) -> float:
     """The frame rate of a clip at ``stride``: ``data.fps / stride``."""
-    return float(getattr(data_cfg, "fps", 24.0)) / float(stride)
+    return float(getattr(data_cfg, "fps", 8.0)) / float(stride)
 
 
 def default_fps(data_cfg) -> float:
