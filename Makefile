@@ -1,7 +1,8 @@
 # moviola: two commands from a fresh clone.
 #   make demo   set up .venv and generate clips from prompts with the shipped text-to-video model -> demo.gif
 #               (make demo PROMPT="a green circle moving left" for your own prompt;
-#                make demo MODEL=latte-diffusers for the shipped model that exports to diffusers)
+#                make demo MODEL=latte-diffusers for the shipped model that exports to diffusers;
+#                make demo MODEL=walt for the shipped W.A.L.T)
 #   make test   set up .venv and run the test suite (what .ci/run runs)
 #
 # torch is installed first, pinned, so pip takes the CPU build that lies on this machine
@@ -19,6 +20,7 @@ MODEL  ?= latte
 # the shipped text-to-video model of each MODEL name
 CKPT_latte := checkpoints/shapes-latte-t2v
 CKPT_latte-diffusers := checkpoints/shapes-latte-t2v-diffusers
+CKPT_walt := checkpoints/shapes-walt-t2v
 CKPT = $(CKPT_$(MODEL))
 DEMO_PROMPTS := --prompt "a red circle moving down" --prompt "a green square moving right" \
 	--prompt "a blue triangle moving up" --prompt "a yellow triangle moving right"
@@ -36,7 +38,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	@test -n "$(CKPT)" || { echo "make demo: MODEL=$(MODEL) is not a shipped model; choose latte or latte-diffusers" >&2; exit 2; }
+	@test -n "$(CKPT)" || { echo "make demo: MODEL=$(MODEL) is not a shipped model; choose latte, latte-diffusers or walt" >&2; exit 2; }
 	$(BIN)/moviola sample $(CKPT) $(if $(PROMPT),--prompt "$$PROMPT",$(DEMO_PROMPTS)) \
 		--steps 50 --cfg 4 --seed 0 --out demo.gif
 	@echo "demo.gif: $(if $(PROMPT),$$PROMPT,$(DEMO_LIST)); make demo PROMPT='a blue circle moving up' for your own"
