@@ -87,27 +87,7 @@ def import_diffusers_unet(src: Union[str, Path], out_dir: Union[str, Path], vae:
     root = src.parent if src.name == "unet" else src
     section, text_width = unet_model_section(config)
     section["temporal_layers"] = temporal_layers
-    if vae is None:
-        vae = root / "vae"
-        if not (vae / "config.json").is_file():
-            raise CheckpointError(f"no VAE found at {vae}: give --vae DIR (a diffusers AutoencoderKL directory)")
-    vae_cfg = json.loads((Path(vae) / "config.json").read_text())
-    if vae_cfg.get("latent_channels", 4) != config.get("in_channels", 4):
-        raise CheckpointError(f"the VAE at {vae} has {vae_cfg.get('latent_channels', 4)} latent channels, the U-Net "
-                              f"takes {config.get('in_channels', 4)}")
-    if text_encoder is None and (root / "text_encoder" / "config.json").is_file():
-        text_encoder = root / "text_encoder"
-    factor = 2 ** (len(vae_cfg.get("block_out_channels", (1,))) - 1)
-    size = config.get("sample_size", 64)
-    tree = {"name": root.name, "model": section,
-            "conditions": {"text_channels": text_width, "text_dropout": 0.1},
-            "autoencoder": {"kind": "frame_vae", "path": str(Path(vae).absolute())},
-            "data": {"dataset": "folder", "root": "data/videos",
-                     "size": (size if isinstance(size, int) else size[0]) * factor, "frames": 16},
-            "diffusion": _schedule(root / "scheduler" / "scheduler_config.json"),
-            "sample": {"sampler": "ddim", "steps": 50, "cfg": 7.5}}
-    if text_encoder is not None:
-        tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 77}
+    tree = unet_run_tree(root, config, section, text_width, vae, text_encoder, default_size=64, cfg_scale=7.5)
     cfg = load_config(data=tree)
     sd = {f"unet.{k}": v for k, v in read_diffusers_weights(src).items()}
     if temporal_layers != "none":  # fresh temporal layers beside the image weights
@@ -116,6 +96,36 @@ def import_diffusers_unet(src: Union[str, Path], out_dir: Union[str, Path], vae:
         model = build_model(cfg.model, cfg.conditions, config.get("in_channels", 4))
         sd = {**{k: v for k, v in model.state_dict().items() if k not in sd}, **sd}
     return write_checkpoint_dir(out_dir, cfg, sd)
+
+
+def unet_run_tree(root: Path, config: dict, section: dict, text_width: int, vae, text_encoder, *,
+                  default_size: int, cfg_scale: float) -> dict:
+    """The run config of a converted diffusers U-Net (2-D or 3-D): its model section, the VAE (``vae`` or ``vae/``
+    beside ``unet/``, checked against the U-Net's input channels), the text encoder (``text_encoder`` or
+    ``text_encoder/``, if any), the schedule of ``scheduler/`` and a clip size from ``sample_size``."""
+    if vae is None:
+        vae = root / "vae"
+        if not (vae / "config.json").is_file():
+            raise CheckpointError(f"no VAE found at {vae}: give --vae DIR (a diffusers AutoencoderKL directory)")
+    vae_cfg = json.loads((Path(vae) / "config.json").read_text())
+    latent = config.get("in_channels", 4)
+    if vae_cfg.get("latent_channels", 4) != latent:
+        raise CheckpointError(f"the VAE at {vae} has {vae_cfg.get('latent_channels', 4)} latent channels, the U-Net "
+                              f"takes {latent}")
+    if text_encoder is None and (root / "text_encoder" / "config.json").is_file():
+        text_encoder = root / "text_encoder"
+    factor = 2 ** (len(vae_cfg.get("block_out_channels", (1,))) - 1)
+    size = config.get("sample_size") or default_size
+    tree = {"name": root.name, "model": section,
+            "conditions": {"text_channels": text_width, "text_dropout": 0.1},
+            "autoencoder": {"kind": "frame_vae", "path": str(Path(vae).absolute())},
+            "data": {"dataset": "folder", "root": "data/videos",
+                     "size": (size if isinstance(size, int) else size[0]) * factor, "frames": 16},
+            "diffusion": _schedule(root / "scheduler" / "scheduler_config.json"),
+            "sample": {"sampler": "ddim", "steps": 50, "cfg": cfg_scale}}
+    if text_encoder is not None:
+        tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 77}
+    return tree
 
 
 def _schedule(path: Path) -> dict:

@@ -23,13 +23,12 @@ Keys that would change what diffusers builds into something VideoCrafter does no
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from moviola.config import ConfigError, load_config
 from moviola.interop.common import read_diffusers_config, read_diffusers_weights, write_checkpoint_dir
-from moviola.interop.diffusers_unet import _schedule
+from moviola.interop.diffusers_unet import unet_run_tree
 from moviola.io.checkpoint import CheckpointError
 
 # diffusers 0.42.1's UNet3DConditionModel config keys
@@ -113,28 +112,7 @@ def import_diffusers_unet3d(src: Union[str, Path], out_dir: Union[str, Path], va
     src, config = read_diffusers_config(Path(src), "UNet3DConditionModel", "unet")
     root = src.parent if src.name == "unet" else src
     section, text_width = unet3d_model_section(config)
-    if vae is None:
-        vae = root / "vae"
-        if not (vae / "config.json").is_file():
-            raise CheckpointError(f"no VAE found at {vae}: give --vae DIR (a diffusers AutoencoderKL directory)")
-    vae_cfg = json.loads((Path(vae) / "config.json").read_text())
-    latent = config.get("in_channels", 4)
-    if vae_cfg.get("latent_channels", 4) != latent:
-        raise CheckpointError(f"the VAE at {vae} has {vae_cfg.get('latent_channels', 4)} latent channels, the U-Net "
-                              f"takes {latent}")
-    if text_encoder is None and (root / "text_encoder" / "config.json").is_file():
-        text_encoder = root / "text_encoder"
-    factor = 2 ** (len(vae_cfg.get("block_out_channels", (1,))) - 1)
-    size = config.get("sample_size") or 32  # ModelScope's
-    tree = {"name": root.name, "model": section,
-            "conditions": {"text_channels": text_width, "text_dropout": 0.1},
-            "autoencoder": {"kind": "frame_vae", "path": str(Path(vae).absolute())},
-            "data": {"dataset": "folder", "root": "data/videos",
-                     "size": (size if isinstance(size, int) else size[0]) * factor, "frames": 16},
-            "diffusion": _schedule(root / "scheduler" / "scheduler_config.json"),
-            "sample": {"sampler": "ddim", "steps": 50, "cfg": 9.0}}
-    if text_encoder is not None:
-        tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 77}
+    tree = unet_run_tree(root, config, section, text_width, vae, text_encoder, default_size=32, cfg_scale=9.0)
     try:
         cfg = load_config(data=tree)
     except ConfigError as e:
