@@ -224,7 +224,7 @@ def test_a_run_saved_before_image_captions_keeps_images_from_any_clip(tmp_path):
     the key existed resumes with the images it trained on (any clip), so its batches stay the same."""
     from moviola.config import config_from_json, save_config
 
-    cfg = load_config(overrides=["data.use_image_num=2"])
+    cfg = load_config(overrides=["data.use_image_num=2", "conditions.text_channels=6"])
     assert cfg.data.image_captions == "same"
     save_config(cfg, tmp_path / "config.json")
     raw = json.loads((tmp_path / "config.json").read_text())
@@ -232,3 +232,8 @@ def test_a_run_saved_before_image_captions_keeps_images_from_any_clip(tmp_path):
     del raw["data"]["image_captions"]  # as a run saved before the key wrote it
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert config_from_json(tmp_path / "config.json").data.image_captions == "any"
+    for key, value in (("data", "use_image_num"), ("conditions", "text_channels")):  # where it changes nothing
+        other = json.loads(json.dumps(raw))
+        other[key][value] = 0 if value == "use_image_num" else None
+        (tmp_path / "config.json").write_text(json.dumps(other))
+        assert config_from_json(tmp_path / "config.json").data.image_captions == "same"  # old configs compare equal

@@ -201,8 +201,10 @@ def config_from_json(path: Union[str, Path]) -> RunConfig:
     ae = data.get("autoencoder") if isinstance(data, dict) else None
     if isinstance(ae, dict) and isinstance(ae.get("path"), str) and ae["path"]:
         ae["path"] = str(locate_autoencoder(ae["path"], Path(path).parent))
-    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "image_captions" not in data["data"]:
-        data["data"]["image_captions"] = "any"  # saved before the key: its joint images came from any clip
+    if (isinstance(data, dict) and isinstance(data.get("data"), dict) and "image_captions" not in data["data"]
+            and data["data"].get("use_image_num") and isinstance(data.get("conditions"), dict)
+            and data["conditions"].get("text_channels")):
+        data["data"]["image_captions"] = "any"  # a text run with joint images saved before the key: from any clip
     cfg = build_config(data, str(path))
     named = isinstance(data, dict) and isinstance(data.get("train"), dict) and "task" in data["train"]
     if not named and trains_autoencoder(cfg.autoencoder):
