@@ -150,6 +150,13 @@ class UNetVideoModel(nn.Module):
         if not 0 <= num_images < x.shape[2]:
             raise ValueError(f"num_images={num_images} must be fewer than the {x.shape[2]} frames")
 
+    def video_state(self, x: torch.Tensor, cond: Optional[Conditioning], num_images: int) -> VideoState:
+        """The forward's input checks, then its ``VideoState``: the clip layout and the clip's text."""
+        self.check_input(x, cond, num_images)
+        text = self.clip_text(cond, x.shape[0])
+        return VideoState(frames=x.shape[2], num_images=num_images, text=text[0] if text else None,
+                          text_mask=text[1] if text else None)
+
     def frame_timesteps(self, t: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """(B·T,): each frame's timestep (``t`` is (B,) or per frame (B, T))."""
         t = torch.as_tensor(t)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from moviola.conditioning import Conditioning
 from moviola.config import ConditionsConfig, VideoLDMConfig
-from moviola.models.unet_video import UNetVideoModel, VideoState, to_frames
+from moviola.models.unet_video import UNetVideoModel, to_frames
 from moviola.models.video_ldm.blocks import ContextPyramid, TemporalMixer
 from moviola.nn import TimestepEmbedder, with_context
 
@@ -78,11 +78,8 @@ class VideoLDM(UNetVideoModel):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
                 num_images: int = 0) -> torch.Tensor:
         """``num_images``: how many of the T frames, at the end, are single images (joint training)."""
-        self.check_input(x, cond, num_images)
+        video = self.video_state(x, cond, num_images)
         B, C, T, H, W = x.shape
-        text = self.clip_text(cond, B)
-        video = VideoState(frames=T, num_images=num_images, text=text[0] if text else None,
-                           text_mask=text[1] if text else None)
         if self.context_pyramid is not None:
             given = with_context(x, cond)[:, C:]  # (B, C+1, T, H, W): m ∘ z, m (zeros when nothing is given)
             video.context = self.context_pyramid(to_frames(given))

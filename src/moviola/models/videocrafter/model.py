@@ -35,7 +35,7 @@ from torch import nn
 
 from moviola.conditioning import Conditioning
 from moviola.config import ConditionsConfig, VideoCrafterConfig
-from moviola.models.unet_video import UNetVideoModel, VideoState, to_frames
+from moviola.models.unet_video import UNetVideoModel, to_frames
 from moviola.models.videocrafter.blocks import VideoConv, VideoTransformer
 from moviola.nn import PatchImageEncoder, with_context
 from moviola.nn.resampler import Resampler
@@ -145,11 +145,8 @@ class VideoCrafter(UNetVideoModel):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[Conditioning] = None,
                 num_images: int = 0) -> torch.Tensor:
         """``num_images``: how many of the T frames, at the end, are single images (joint training)."""
-        self.check_input(x, cond, num_images)
+        video = self.video_state(x, cond, num_images)
         B, C, T, H, W = x.shape
-        text = self.clip_text(cond, B)
-        video = VideoState(frames=T, num_images=num_images, text=text[0] if text else None,
-                           text_mask=text[1] if text else None)
         given = with_context(x, cond) if self.context_frames else None  # (x_t, m ∘ z, m), checked
         inputs = to_frames(given if self.concat_context else x)  # (B·T, C_in, H, W)
         emb = self._embedding(cond, B, T)
