@@ -70,15 +70,17 @@ def test_a_self_conditioned_walt_trains_and_samples_through_the_run_loop(tmp_pat
     assert seen[0].abs().sum() == 0 and seen[1].abs().sum() > 0  # zeros first, then the previous estimate
 
 
-@pytest.mark.parametrize("conditions", [["conditions.low_res=true"],
-                                        ["conditions.low_res=true", "conditions.noise_level=true"]])
-def test_conditions_training_cannot_build_yet_are_refused_before_compute(tmp_path, conditions):
+def test_conditions_training_cannot_build_yet_are_refused_before_compute(tmp_path):
+    """VideoCrafter's image tokens come from an image encoder training does not run (low_res and noise_level,
+    refused here before, are built now: tests/test_upsampler.py)."""
     from moviola.config import ConfigError
     from moviola.training.trainer import Trainer
 
-    cfg = load_config(overrides=["model.family=walt", "model.hidden_size=16", "model.depth=2", "model.num_heads=2",
-                                 "model.pos_grid=[4,32,32]", "model.patch_size=8", *conditions,
-                                 "data.size=32", "data.frames=4", "data.count=4", "train.device=cpu"])
-    with pytest.raises(ConfigError, match="cannot build the condition"):
+    cfg = load_config(overrides=["model.family=videocrafter", "model.block_out_channels=[16,32]",
+                                 "model.layers_per_block=1", "model.num_heads=2", "model.norm_num_groups=8",
+                                 "model.image_encoder=tokens", "model.image_token_dim=8", "conditions.text_channels=24",
+                                 "conditions.image=true", "autoencoder.kind=identity", "data.size=32", "data.frames=4",
+                                 "data.count=4", "train.device=cpu"])
+    with pytest.raises(ConfigError, match=r"cannot build the condition\(s\) \['image'\]"):
         Trainer(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

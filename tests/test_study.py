@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from moviola.cli import main
@@ -131,3 +132,32 @@ def test_a_variant_whose_class_count_does_not_fit_is_refused_before_any_training
     with pytest.raises(ConfigError, match="conditions.num_classes=10 does not fit Moving Shapes"):
         run_study(load_study(study_file), quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_starts_from_the_weights_it_names(study_file, tmp_path):
+    """init_from (per variant, or for all at the top): the run starts from those weights (train --init-from);
+    with a negligible learning rate its checkpoint holds them, while a variant without it starts fresh."""
+    from moviola.io.checkpoint import list_checkpoints, load_weights
+
+    spec = yaml.safe_load(study_file.read_text())
+    spec["variants"] = {"v1": str(tmp_path / "base.yaml")}
+    study_file.write_text(yaml.safe_dump(spec))
+    run_study(load_study(study_file), quiet=True, log=lambda m: None)
+    source = list_checkpoints(tmp_path / "runs" / "v1" / "checkpoints")[-1]
+    spec.update(name="warm", runs_dir=str(tmp_path / "warm"), out_dir=str(tmp_path / "warm-docs"),
+                set=["train.lr=1e-12", "train.warmup_steps=0"], init_from=str(tmp_path / "runs" / "v1"),
+                variants={"from-v1": str(tmp_path / "base.yaml"),
+                          "fresh": {"config": str(tmp_path / "base.yaml"), "init_from": None}})
+    study_file.write_text(yaml.safe_dump(spec))
+    out = run_study(load_study(study_file), quiet=True, log=lambda m: None)
+    assert {r["name"]: r["init_from"] for r in out["variants"]} == {"from-v1": str(tmp_path / "runs" / "v1"),
+                                                                     "fresh": None}
+    want = load_weights(source, "ema")
+    for name, same in (("from-v1", True), ("fresh", False)):
+        got = load_weights(list_checkpoints(tmp_path / "warm" / name / "checkpoints")[-1], "model")
+        assert all(torch.allclose(got[k], want[k], atol=1e-9) for k in want) == same, name
+    assert "started from" in (tmp_path / "warm-docs" / "README.md").read_text()
+    spec["init_from"] = str(tmp_path / "nowhere")
+    study_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="nowhere"):
+        run_study(load_study(study_file), quiet=True, log=lambda m: None)

@@ -252,3 +252,42 @@ def test_bad_configs_are_one_line_errors_before_any_compute(extra, words):
         run_cfg(*extra)
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+# ---------------------------------------------------------------------------------------- interpolation levels
+def test_the_rate_flag_is_the_interpolation_level_and_starts_as_nothing():
+    """Video LDM's interpolation model does T -> 4T and 4T -> 16T with one set of weights and a flag for the
+    level: here the clips' frame rate (conditions.fps; trained on strides 4 and 1). Its embedding starts at
+    zero (the model is the one without it), then the two levels give different outputs; it trains in the
+    temporal stage (it is new with the temporal layers)."""
+    keyframes = ConditionsConfig(text_channels=TEXT, context_frames=True, context_mode="keyframes")
+    plain = perturb(vldm(keyframes))
+    flagged = vldm(dataclasses.replace(keyframes, fps=True))
+    missing = flagged.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("fps_embedding.") for k in missing)
+    flagged.eval()
+    x, t = latents(T=5), torch.tensor([10, 700])
+    m = torch.zeros(B, 1, 5, 1, 1)
+    m[:, :, ::4] = 1  # keyframes 0 and 4
+    cond = text_cond(context=x * m, context_mask=m)
+    level = {rate: dataclasses.replace(cond, fps=torch.full((B,), rate)) for rate in (2.0, 8.0)}
+    assert torch.equal(flagged(x, t, level[2.0]), plain(x, t, cond))
+    with torch.no_grad():
+        for p in flagged.fps_embedding.parameters():
+            p.normal_(0, 0.1)
+    assert not torch.allclose(flagged(x, t, level[2.0]), flagged(x, t, level[8.0]), atol=1e-4)
+    temporal = {id(p) for p in flagged.parameter_groups("temporal")}
+    assert all(id(p) in temporal for p in flagged.fps_embedding.parameters())
+    with pytest.raises(ValueError, match="conditions.fps"):
+        flagged(x, t, cond)
+
+
+def test_training_an_interpolation_model_draws_both_levels_and_gives_the_keyframes(tmp_path):
+    cfg = run_cfg("conditions.context_frames=true", "conditions.context_mode=keyframes", "conditions.context_dropout=0",
+                  "conditions.fps=true", "data.frames=5", "data.frame_strides=[1,4]", "data.fps=8",
+                  "train.batch_size=8", "data.count=16")
+    task = Trainer(cfg, tmp_path / "run", quiet=True).task
+    x0, cond, *_ = task.make_batch(0)
+    assert set(cond.fps.tolist()) == {8.0, 2.0}  # both levels in one batch of 8 (a stride drawn per clip)
+    assert torch.equal(cond.context_mask[:, 0, :, 0, 0], torch.tensor([1.0, 0, 0, 0, 1]).expand(8, 5))
+    assert torch.equal(cond.context, x0 * cond.context_mask)

@@ -8,6 +8,8 @@ A study file (YAML; every key below, nothing else)::
     variants:                         # name -> a config file, or {config: FILE, set: [KEY=VALUE, ...]}
       v1-interleaved: configs/shapes/ablation/base.yaml
       v2-late-fusion: {config: configs/shapes/ablation/base.yaml, set: [model.layout=late_fusion]}
+      v3: {config: FILE, set: [...], init_from: PATH}   # a variant's own starting weights (or null: none)
+    init_from: runs/videoldm-image    # optional: every variant starts from these weights (train --init-from)
     eval: {per_class: 1, steps: 25, cfg: 4.0, seed: 0, sampler: ddim}   # the Moving Shapes score
     runs_dir: runs/studies/latte-variants   # optional (this default)
     out_dir: docs/studies/latte-variants    # optional (this default)
@@ -36,7 +38,7 @@ from moviola.config import ConfigError, RunConfig, config_from_json, load_config
 from moviola.data import check_classes, known_classes
 from moviola.diffusion.samplers import SAMPLERS
 
-_TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir", "reading")
+_TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir", "reading", "init_from")
 _EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
 
 
@@ -54,6 +56,7 @@ class Variant:
     name: str
     config: str
     set: tuple[str, ...] = ()
+    init_from: Optional[str] = None  # the weights the run starts from (train --init-from); None: a fresh model
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,14 @@ def load_study(path: Union[str, Path]) -> Study:
             spec = {"config": spec}
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a config file or {{config: FILE, set: [...]}}")
-        _check_keys(spec, ("config", "set"), where)
+        _check_keys(spec, ("config", "set", "init_from"), where)
         if "config" not in spec:
             raise ConfigError(f"{where}: missing 'config'")
-        variants.append(Variant(vname, str(spec["config"]), _overrides(spec.get("set"), f"{where}.set")))
+        init_from = spec.get("init_from", tree.get("init_from"))
+        if init_from is not None and (not isinstance(init_from, str) or not init_from):
+            raise ConfigError(f"{where}: init_from must be a path (a run directory, checkpoint or image DiT), "
+                              f"got {init_from!r}")
+        variants.append(Variant(vname, str(spec["config"]), _overrides(spec.get("set"), f"{where}.set"), init_from))
     ev = tree.get("eval") or {}
     if not isinstance(ev, dict):
         raise ConfigError(f"{path}: eval must be a mapping")
@@ -155,6 +162,9 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
         if n not in names:
             raise ConfigError(f"--only {n}: no such variant (the study has {', '.join(names)})")
     configs = {v.name: variant_config(study, v) for v in study.variants}  # every config checked before any compute
+    for v in study.variants:
+        if v.init_from is not None and not Path(v.init_from).exists():
+            raise ConfigError(f"variant {v.name!r}: init_from {v.init_from} does not exist (train that run first)")
     results = []
     for v in study.variants:
         if only and v.name not in only:
@@ -177,7 +187,8 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
             log(f"study {study.name}: {v.name}: {'resuming at step ' + str(last_step) if kept else 'training'}")
             from moviola.training import trainer_for
 
-            trainer = trainer_for(cfg)(cfg, run_dir, resume=bool(kept), quiet=quiet)
+            trainer = trainer_for(cfg)(cfg, run_dir, resume=bool(kept), quiet=quiet,
+                                       init_from=None if kept else v.init_from)
             trainer.train()
             if trainer.stopped_by:
                 raise KeyboardInterrupt(f"stopped by {trainer.stopped_by}; run the study again to continue")
@@ -217,7 +228,8 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     tail = [loss for _, loss in losses[-max(1, len(losses) // 10):]]
     speeds = sorted(r["it_s"] for r in rows if "it_s" in r)
     params = sum(p.numel() for p in build_model(cfg.model, cfg.conditions, autoencoder_latent_channels(cfg.autoencoder)).parameters())
-    return {"name": v.name, "config": v.config, "set": list(v.set), "run_dir": str(run_dir), "step": step,
+    return {"name": v.name, "config": v.config, "set": list(v.set), "init_from": v.init_from,
+            "run_dir": str(run_dir), "step": step,
             "params": params, "final_loss": sum(tail) / len(tail) if tail else None,
             "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores}
 
@@ -257,7 +269,8 @@ def write_report(study: Study, out: dict) -> Path:
         lines += [f"The reading of these results against the paper: [{study.reading}]({study.reading}).", ""]
     lines += ["Variants:", ""]
     for r in out["variants"]:
-        extra = f" with `{' '.join(r['set'])}`" if r["set"] else ""
+        extra = (f" with `{' '.join(r['set'])}`" if r["set"] else "") + (
+            f", started from `{r['init_from']}`" if r.get("init_from") else "")
         lines.append(f"- `{r['name']}`: `{r['config']}`{extra}")
     lines += ["", "Reproduce (finished runs are reused, interrupted ones resumed):", "", "```bash",
               out["command"], "```", ""]

@@ -45,6 +45,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
     es.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     es.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto: cuda, then mps, then cpu)")
+    es.add_argument("--palette", action="append", metavar="WORD=R,G,B",
+                    help="score a colour word against another RGB value (e.g. red=230,50,230: a personalized model "
+                         "that draws red as magenta); repeatable. Default: the checkpoint's data.palette")
     es.add_argument("--csv", help="write one row per video here")
     es.add_argument("--json", help="write the summary here")
     es.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,16 +104,39 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
             raise ValueError("--per-class must be at least 1")
         check_numbers(args)
         check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
+        palette = parse_palette(args.palette) if args.palette else None
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
                                      sampler=args.sampler, seed=args.seed, device=args.device,
-                                     image_to_video=args.image_to_video, progress=not args.quiet)
+                                     image_to_video=args.image_to_video, progress=not args.quiet,
+                                     palette=palette)
     else:
+        if args.palette:
+            raise ValueError("--palette scores a checkpoint's samples (--checkpoint); --videos folders are scored "
+                             "against the spec's colours")
         result = evaluate_folder(args.videos, progress=not args.quiet)
     rows = result.pop("rows")
     if args.csv:
         with writing(args.csv, "--csv"):
             write_rows_csv(rows, args.csv)
     return _report(result, args.json)
+
+
+def parse_palette(items: list[str]) -> dict[str, tuple[int, int, int]]:
+    """``["red=230,50,230", ...]`` -> ``{"red": (230, 50, 230)}``; a malformed item is a ValueError naming it."""
+    from moviola.data.shapes import COLOURS
+
+    out = {}
+    for item in items:
+        word, _, rgb = item.partition("=")
+        try:
+            values = tuple(int(v) for v in rgb.split(","))
+        except ValueError:
+            values = ()
+        if word not in COLOURS or len(values) != 3 or not all(0 <= v <= 255 for v in values):
+            raise ValueError(f"--palette {item!r}: expected WORD=R,G,B with WORD one of {list(COLOURS)} and values "
+                             "0..255, e.g. red=230,50,230")
+        out[word] = values
+    return out
 
 
 def _cmd_eval_vae(args: argparse.Namespace) -> int:

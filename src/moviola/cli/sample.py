@@ -4,6 +4,11 @@
 model trained with ``conditions.fps`` is also conditioned on F (default: its training data's rate,
 ``data.fps / data.frame_strides[0]``, which the files then play at), so the motion plays at the speed the
 model made it for; the manifest then records each video's ``fps``.
+
+``--upsample VIDEO`` samples an upsampler (a model trained with ``conditions.low_res``): every video is VIDEO at
+``conditions.low_res_factor`` × its size, with its frame count, its low-resolution input noised to
+``--noise-level N`` (default ``sample.noise_level``; a model trained with ``conditions.noise_level`` only).
+``--frames`` and ``--size`` follow from VIDEO (given, they must agree).
 """
 from __future__ import annotations
 
@@ -31,6 +36,12 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--negative-prompt", help="what guidance steers away from (default: the empty prompt)")
     s.add_argument("--image", help="first frame (an image file, or a video whose first frame is taken): "
                                    "image-to-video; resized to cover the frame size, centre-cropped")
+    s.add_argument("--upsample", metavar="VIDEO",
+                   help="the video file to upsample, for an upsampler (a model trained with conditions.low_res): "
+                        "the output has its frames at conditions.low_res_factor × its size")
+    s.add_argument("--noise-level", type=int, metavar="N",
+                   help="with --upsample: the noise-augmentation level of the low-resolution input, a timestep "
+                        "(default: the checkpoint's sample.noise_level; a model trained with conditions.noise_level)")
     s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
     s.add_argument("--sampler", choices=list(SAMPLERS), help="the sampler (default: the checkpoint's sample.sampler)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)")
@@ -80,6 +91,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompts = [p for p in prompts for _ in range(args.num_videos)]
     elif "text" in pipe.accepts:
         raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    _check_upsample(pipe, args)
     # one frame rate: the condition of a model trained with conditions.fps, and the rate the files play at
     args.file_fps = pipe.frame_rate(args.fps)
     video = generate(pipe, args, labels, prompts)
@@ -114,6 +126,9 @@ def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompt
             videos.append(pipe(labels=None if labels is None else labels[part],
                                prompt=None if prompts is None else prompts[part],
                                negative_prompt=args.negative_prompt, image=args.image,
+                               **({"low_res": args.upsample} if getattr(args, "upsample", None) else {}),
+                               **({"noise_level": args.noise_level}
+                                  if getattr(args, "noise_level", None) is not None else {}),
                                num_videos=min(BATCH, n - start), num_frames=args.frames, height=args.size,
                                width=args.size, steps=args.steps, sampler=args.sampler, cfg=args.cfg, eta=args.eta,
                                seed=args.seed + start, batch_size=BATCH, progress=not args.quiet,
@@ -138,6 +153,15 @@ def _check_sample_args(args: argparse.Namespace) -> None:
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise ValueError(f"--fps must be a positive number (frames per second), got {args.fps:g}")
     check_numbers(args)
+    upsample, level = getattr(args, "upsample", None), getattr(args, "noise_level", None)
+    if level is not None and upsample is None:
+        raise ValueError("--noise-level is the noise level of an upsampler's input: give it with --upsample VIDEO")
+    if level is not None and level < 0:
+        raise ValueError(f"--noise-level must be 0 or more (a timestep of the schedule), got {level}")
+    if upsample is not None and not Path(upsample).is_file():
+        raise ValueError(f"--upsample {upsample}: no such video file")
+    if upsample is not None and args.image is not None:
+        raise ValueError("give --upsample or --image, not both (an upsampler takes no first frame)")
     if not math.isfinite(getattr(args, "context_guidance", 1.0)):
         raise ValueError(f"--context-guidance must be a finite number, got {args.context_guidance}")
     if not math.isfinite(getattr(args, "temporal_guidance", 0.0)):
@@ -148,6 +172,35 @@ def _check_sample_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out}: the suffix must be .mp4, .gif or .png")
     check_output(args.out, "--out")
     check_output(args.out_dir, "--out-dir", directory=True)
+
+
+def _check_upsample(pipe, args: argparse.Namespace) -> None:
+    """--upsample against the loaded model, and the video's size against --frames / --size, before any sampling."""
+    upsample = getattr(args, "upsample", None)
+    if upsample is None:
+        if "low_res" in pipe.accepts:
+            raise ValueError("this checkpoint is an upsampler (trained with conditions.low_res): give --upsample VIDEO "
+                             "(the video file to upsample)")
+        return
+    if "low_res" not in pipe.accepts:
+        raise ValueError(f"--upsample {upsample}: this checkpoint is not an upsampler (it was trained without "
+                         "conditions.low_res): sample it without --upsample")
+    if getattr(args, "noise_level", None) is not None and "noise_level" not in pipe.accepts:
+        raise ValueError("--noise-level: this upsampler was trained without noise augmentation "
+                         "(conditions.noise_level): leave --noise-level out")
+    steps = pipe.schedule.num_timesteps
+    if getattr(args, "noise_level", None) is not None and args.noise_level >= steps:
+        raise ValueError(f"--noise-level {args.noise_level} is not a timestep of the schedule: give 0 to {steps - 1}")
+    try:
+        low = pipe.prepare_low_res(upsample)  # read, not encoded: an unreadable file is this error
+        T, H, W = pipe.upsampled_size(low)
+    except ValueError as e:
+        raise ValueError(f"--upsample {upsample}: {e}") from None
+    shape = f"its {T} frames of {low.shape[3]}×{low.shape[4]} upsample to {T} frames of {H}×{W}"
+    if args.frames is not None and args.frames != T:
+        raise ValueError(f"--frames {args.frames} disagrees with --upsample {upsample}: {shape}; leave --frames out")
+    if args.size is not None and (args.size, args.size) != (H, W):
+        raise ValueError(f"--size {args.size} disagrees with --upsample {upsample}: {shape}; leave --size out")
 
 
 def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[int]],
@@ -173,6 +226,8 @@ def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[i
                     row.update(_prompt_attributes(prompts[i]))
                 if args.image:
                     row["image"] = str(args.image)
+                if getattr(args, "upsample", None):
+                    row["upsample"] = str(args.upsample)
                 f.write(json.dumps(row) + "\n")
     print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
 

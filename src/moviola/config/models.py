@@ -402,7 +402,7 @@ class VideoLDMConfig:
     temporal_head_channels: int = 64
     temporal_kernel: int = 3  # the 3-D convolutions' kernel in time
 
-    takes: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level"})
+    takes: ClassVar[frozenset] = frozenset({"labels", "text", "context_frames", "low_res", "noise_level", "fps"})
     joint_images: ClassVar[bool] = True  # image frames bypass every temporal layer (α = 1 for them)
     RANGES: ClassVar[tuple] = (("model.layers_per_block", 1, 16), ("model.num_heads", 1, None),
                                ("model.head_channels", 1, None), ("model.norm_num_groups", 1, None),

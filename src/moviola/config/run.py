@@ -5,10 +5,12 @@ are its ``model.validate(run)`` (config/models.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from moviola.config.autoencoder import AUTOENCODER_RANGES, AutoencoderConfig, VAELossConfig, validate_autoencoder
+from moviola.config.autoencoder import (AUTOENCODER_RANGES, AutoencoderConfig, VAELossConfig,
+                                        autoencoder_spatial_factor, validate_autoencoder)
 from moviola.config.base import ConfigError, check_ranges, numbers
 from moviola.config.models import LatteConfig, model_config_from_dict
 
@@ -36,8 +38,22 @@ class ConditionsConfig:
     # the clip's frame rate, data.fps / its frame stride (data/strides.py), embedded and added to the timestep's
     # (VideoCrafter's fps_cond); never dropped in training (not a guidance target). Sampling: pipe(fps=...)
     fps: bool = False
-    low_res: bool = False  # a low-resolution video to upsample (super-resolution cascades)
-    noise_level: bool = False  # the noise-augmentation level of the low-resolution input
+    # a low-resolution video to upsample (super-resolution cascades: Video LDM's temporally aligned upsampler,
+    # W.A.L.T's latent SR): training encodes each clip area-downsampled by low_res_factor with the run's
+    # autoencoder, and the model gets that latent beside x_t (training/trainer.py); pipe(low_res=VIDEO)
+    low_res: bool = False
+    # how much smaller the low-resolution clip is (pixels and latents alike): the upsampler's factor. W.A.L.T's
+    # depth-to-space upsample doubles h and w, so it takes 2 only; a U-Net resizes any low-res latent
+    low_res_factor: int = 2
+    # noise-conditioning augmentation (Imagen, Video LDM, W.A.L.T): the low-resolution latent is noised to a
+    # level s of the run's schedule, drawn per example uniformly in [0, noise_level_max], and the model is told s.
+    # So it learns to trust the input less the noisier it is, and a first stage's imperfect samples (or a video
+    # of other statistics) look like training inputs. 250: on the default linear schedule sqrt(ᾱ_250) ≈ 0.72 and
+    # sqrt(1 − ᾱ_250) ≈ 0.69, so the strongest augmentation still leaves as much signal as noise, while the
+    # model sees every level it is sampled at (sample.noise_level); Stable Diffusion's ×4 upscaler goes to 350
+    # on the same schedule, where noise dominates (0.53 / 0.85)
+    noise_level: bool = False
+    noise_level_max: int = 250
     self_cond: float = 0.0  # self-conditioning: the rate of training steps given the previous x0 estimate
 
     def wanted(self) -> list[str]:
@@ -57,6 +73,22 @@ class TextConfig:
     layer: Literal["last", "penultimate"] = "last"  # which hidden states are the token embeddings
     cache: bool = True  # keep embeddings of every prompt on disk, keyed by encoder content and prompt
     cache_dir: Optional[str] = None  # default $MOVIOLA_CACHE or ~/.cache/moviola
+
+
+@dataclass(frozen=True)
+class ShapesPalette:
+    """Moving Shapes drawn in other colours (``data.palette``): a colour word's RGB, 0..255, where it is set. The
+    captions and labels keep their words, so a model learns the word for the new colour: the personalization and
+    style fine-tunes of Video LDM and VideoCrafter2 (e.g. ``{red: [230, 50, 230]}``: red drawn magenta)."""
+
+    red: Optional[tuple[int, int, int]] = None
+    green: Optional[tuple[int, int, int]] = None
+    blue: Optional[tuple[int, int, int]] = None
+    yellow: Optional[tuple[int, int, int]] = None
+
+    def colours(self) -> dict[str, tuple[int, int, int]]:
+        """The colours it changes, word -> RGB."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,7 @@ class DataConfig:
     # the video's caption, so the prompt is true of them, or any clip (what runs saved before this key did)
     image_captions: Literal["same", "any"] = "same"
     latent_cache: bool = False  # encode each clip once and keep its latent on disk (data/latent_cache.py)
+    palette: Optional[ShapesPalette] = None  # Moving Shapes: colour words drawn in other RGB values (null: the spec's)
 
 
 @dataclass(frozen=True)
@@ -146,6 +179,10 @@ class TrainConfig:
     device: str = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     max_failed_saves: int = 3  # consecutive failed checkpoint writes (disk full) before the run stops
+    # patch training (Video LDM's upsampler, "trained on patches, applied convolutionally"): each example is a
+    # random crop×crop window of its latent, the same for all frames (a U-Net family only: its weights do not
+    # depend on the frame size); a low-resolution latent is cropped at the matching window. 0 = whole frames
+    crop: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +191,16 @@ class SampleConfig:
     steps: int = 50
     cfg: float = 4.0
     eta: float = 0.0
+    # an upsampler's noise-augmentation level (conditions.noise_level): pipe(low_res=...) noises the low-resolution
+    # latent to it and tells the model. 50 (sqrt(1 − ᾱ) ≈ 0.17 on the default linear schedule) hides the small
+    # mismatch between a given or generated low-resolution video and the training data while keeping nearly
+    # all of its detail; raise it (100-150) for a first stage's artifacts, 0 for a clean input kept exactly
+    noise_level: int = 50
 
+
+# families whose low-resolution input takes one factor only: W.A.L.T's depth-to-space upsample doubles h and w
+# (models/walt/model.py). (A class attribute of the family's config would be its home: config/models.py.)
+FIXED_LOW_RES_FACTORS = {"walt": 2}
 
 # (key, lowest allowed, highest allowed); None = unbounded on that side. The few upper bounds are far
 # beyond any real run; they turn an absurd value into this error instead of an hour-long hang or an
@@ -171,6 +217,8 @@ RUN_RANGES = (
     ("train.max_bad_steps", 1, None), ("train.max_failed_saves", 1, None), ("sample.eta", 0, None),
     ("diffusion.steps_offset", 0, None), ("diffusion.x0_scale.scale_a", 1e-12, None),
     ("diffusion.x0_scale.scale_b", 1e-12, None), ("diffusion.x0_scale.mid_step", 0, None),
+    ("conditions.low_res_factor", 1, 64), ("conditions.noise_level_max", 0, None), ("sample.noise_level", 0, None),
+    ("train.crop", 0, None),
     *AUTOENCODER_RANGES,
 )
 
@@ -204,6 +252,13 @@ class RunConfig:
         if d.dataset == "images" and d.frames != 1:
             raise ConfigError(f"data.dataset=images gives one-frame videos: set data.frames=1 (got {d.frames})")
         self._validate_strides()
+        if d.palette is not None:
+            if d.dataset != "shapes":
+                raise ConfigError(f"data.palette recolours Moving Shapes: it applies to data.dataset=shapes, not "
+                                  f"{d.dataset}")
+            for word, rgb in d.palette.colours().items():
+                if not all(0 <= v <= 255 for v in rgb):
+                    raise ConfigError(f"data.palette.{word}={list(rgb)}: RGB values are 0..255")
         for name, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
                             ("train.checkpoint_every", t.checkpoint_every),
                             ("train.log_every", t.log_every), ("train.keep_last", t.keep_last),
@@ -296,3 +351,35 @@ class RunConfig:
         if missing:
             raise ConfigError(f"the {family} family does not take the condition(s) {missing} (conditions.*); "
                               f"it takes {sorted(takes)}")
+        self._validate_upsampler()
+
+    def _validate_upsampler(self) -> None:
+        """The low-resolution input (conditions.low_res), its noise levels and the patch crop (train.crop): sizes
+        that divide, levels inside the schedule. Whether the family can take a crop is the trainer's check."""
+        c, d, n = self.conditions, self.data, self.diffusion.num_timesteps
+        factor, ae = c.low_res_factor, autoencoder_spatial_factor(self.autoencoder)
+        if c.low_res:
+            fixed = FIXED_LOW_RES_FACTORS.get(self.model.family)
+            if fixed is not None and factor != fixed:
+                raise ConfigError(f"conditions.low_res_factor={factor}: the {self.model.family} family takes a "
+                                  f"low-resolution latent exactly 1/{fixed} of the frame's: set it to {fixed}")
+            if d.size % (factor * ae):
+                raise ConfigError(f"data.size={d.size} is not divisible by conditions.low_res_factor × autoencoder "
+                                  f"factor = {factor}×{ae}: the low-resolution clip must encode to whole latent "
+                                  f"pixels; pick a multiple of {factor * ae}")
+        if c.noise_level:
+            for key, level in (("conditions.noise_level_max", c.noise_level_max),
+                               ("sample.noise_level", self.sample.noise_level)):
+                if level >= n:
+                    raise ConfigError(f"{key}={level} is not a timestep of the schedule (diffusion.num_timesteps={n}): "
+                                      f"pick a level from 0 to {n - 1}")
+        crop = self.train.crop
+        if crop:
+            latent = d.size // ae
+            if crop > latent:
+                raise ConfigError(f"train.crop={crop} is larger than the latent frame ({latent}×{latent}: data.size="
+                                  f"{d.size} / autoencoder factor {ae}): pick at most {latent}, or 0 for whole frames")
+            if c.low_res and crop % factor:
+                raise ConfigError(f"train.crop={crop} is not divisible by conditions.low_res_factor={factor}: the "
+                                  "low-resolution latent is cropped at the matching window, crop / factor; pick a "
+                                  f"multiple of {factor}")

@@ -33,7 +33,8 @@ def build_dataset(cfg, split: str = "train"):
         from moviola.data.shapes import MovingShapes
 
         return MovingShapes(split=split, count=cfg.count, size=cfg.size, frames=cfg.frames, seed=cfg.seed,
-                            bounce=cfg.bounce, stride=cfg.frame_stride, strides=strides)
+                            bounce=cfg.bounce, stride=cfg.frame_stride, strides=strides,
+                            palette=None if getattr(cfg, "palette", None) is None else cfg.palette.colours())
     if cfg.dataset == "images":  # image diffusion: one-frame videos (data.frames must be 1)
         from moviola.data.folders import ImageFolder
 

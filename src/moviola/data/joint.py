@@ -18,7 +18,7 @@ frame 0 alone; ``first_only=True``).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -38,17 +38,20 @@ def caption_groups(dataset) -> dict[str, list[int]]:
 
 def extra_image_frames(dataset, indices: list[int], count: int, seed: int, step: int, *,
                        groups: Optional[dict[str, list[int]]] = None,
-                       first_only: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                       first_only: bool = False, also: Sequence[str] = ()) -> tuple:
     """``count`` frames per batch item from other clips: images (B, C, count, H, W) and labels (B, count)
     (None when the items carry no label). ``groups`` (:func:`caption_groups`): take them from clips with
-    the item's caption. The images are ``item["latent"]`` frames when the dataset holds latents."""
+    the item's caption. The images are ``item["latent"]`` frames when the dataset holds latents.
+
+    ``also``: other per-frame tensors of the items (an upsampler's cached ``low_latent``), taken at the same
+    clips and frames; then a third element, ``{key: (B, C', count, H', W')}``. They change no draw."""
     n = len(dataset)
     if n < 2:
         raise ValueError("image-video joint training takes its images from other clips: the dataset has one")
     g = torch.Generator().manual_seed(seed * 1_000_033 + step * 7_919 + 17)  # apart from the step's noise stream
     key = "latent" if "latent" in dataset[indices[0]] else "video"
     index_of_caption = {i: c for c, members in (groups or {}).items() for i in members} if groups else None
-    images, labels = [], []
+    images, labels, others = [], [], {name: [] for name in also}
     for own in indices:
         if groups is None:
             clips = (own + 1 + torch.randint(0, n - 1, (count,), generator=g)) % n  # any clip but its own
@@ -58,14 +61,19 @@ def extra_image_frames(dataset, indices: list[int], count: int, seed: int, step:
                 raise ValueError(f"clip {own} is the only one with the caption {index_of_caption[own]!r}: joint "
                                  "image training with text takes a video's images from other clips with its caption")
             clips = torch.tensor(pool)[torch.randint(0, len(pool), (count,), generator=g)]
-        frames, ys = [], []
+        frames, ys, extra = [], [], {name: [] for name in also}
         for k in clips.tolist():
             item = dataset[k]
             video = item[key]  # (C, T, H, W)
             f = 0 if first_only else int(torch.randint(0, video.shape[1], (1,), generator=g))
             frames.append(video[:, f])  # (C, H, W)
+            for name in also:
+                extra[name].append(item[name][:, f])
             ys.append(int(item["label"]) if "label" in item else -1)
         images.append(torch.stack(frames, dim=1))  # (C, count, H, W)
+        for name in also:
+            others[name].append(torch.stack(extra[name], dim=1))
         labels.append(ys)
     has_labels = "label" in dataset[indices[0]]
-    return torch.stack(images), (torch.tensor(labels, dtype=torch.long) if has_labels else None)
+    out = torch.stack(images), (torch.tensor(labels, dtype=torch.long) if has_labels else None)
+    return (*out, {name: torch.stack(v) for name, v in others.items()}) if also else out

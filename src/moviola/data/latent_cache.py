@@ -7,12 +7,17 @@ to ``<cache>/latents/<key>/<i>.safetensors`` (atomically); later epochs and late
 
 The key hashes the autoencoder's weights and normalization (its state dict and scale/shift), the
 data config (dataset, root, size, frames, stride, seed, count, bounce; ``clip_start`` and
-``frame_strides`` only when set, so older caches keep their key) and, for a folder, each
+``frame_strides`` only when set, so older caches keep their key; likewise the low-resolution factor of an
+upsampler's run, only when it has one) and, for a folder, each
 file's name, size and modification time (an edited file is a different key) and the caption
 file's entries (captions and labels are stored with the latents). Items are deterministic (a folder's clip
 starts at frame 0, or with ``data.clip_start: random`` at a start drawn from ``(data.seed, index)``: the
 same in every epoch and run; with ``data.frame_strides`` its stride is drawn from ``(data.seed, the clip)`` and
 kept with the latent), which the trainer's exact-resume contract needs anyway.
+
+An upsampler's run (``conditions.low_res``, ``low_res_factor=f``) also keeps each clip's low-resolution latent:
+the clip area-downsampled by f (``data/transforms.area_downsample``), encoded by the same autoencoder, stored as
+``low_latent`` in the same file, so a cached item is ``{"latent", "low_latent", ...}``.
 
 A file found unusable only when read (a webm too short for a clip) is read once, while the cache is
 filled: item ``i`` then holds the next usable item, as ``dataset[i]`` would. What the filling found
@@ -42,12 +47,18 @@ def autoencoder_fingerprint(ae: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
+def dataset_fingerprint(data_cfg: dict, dataset: Dataset, low_res_factor: int = 0) -> str:
+    """The data half of the cache key; ``low_res_factor``: an upsampler's (0 = none), whose items hold a
+    low-resolution latent too."""
     keep = {k: data_cfg.get(k) for k in ("dataset", "root", "size", "frames", "frame_stride", "seed", "count", "bounce")}
     if data_cfg.get("clip_start", "first") != "first":  # (not in the key by default: old caches stay valid)
         keep["clip_start"] = data_cfg["clip_start"]
     if data_cfg.get("frame_strides") is not None:  # a stride per clip (likewise only when set)
         keep["frame_strides"] = [int(s) for s in data_cfg["frame_strides"]]
+    if low_res_factor:  # items with a low-resolution latent (likewise only when set)
+        keep["low_res_factor"] = int(low_res_factor)
+    if data_cfg.get("palette") is not None:  # Moving Shapes recoloured (likewise only when set)
+        keep["palette"] = {k: v for k, v in data_cfg["palette"].items() if v is not None}
     if data_cfg.get("dataset") == "shapes" and data_cfg.get("frame_stride", 1) != 1:
         keep["shapes_stride"] = True  # Moving Shapes ignored data.frame_stride before it took strides: a new key
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
@@ -60,14 +71,17 @@ def dataset_fingerprint(data_cfg: dict, dataset: Dataset) -> str:
 
 
 class LatentCache(Dataset):
-    """``dataset[i]`` with ``video`` replaced by ``latent`` (c, t, h, w), encoded once, cached on disk."""
+    """``dataset[i]`` with ``video`` replaced by ``latent`` (c, t, h, w), encoded once, cached on disk; with
+    ``low_res_factor`` f > 0 also ``low_latent`` (c, t, h/f, w/f), the clip's encoding area-downsampled by f."""
 
     def __init__(self, dataset: Dataset, autoencoder, data_cfg: dict, cache_dir: Optional[str] = None,
-                 device: "str | torch.device" = "cpu"):
+                 device: "str | torch.device" = "cpu", low_res_factor: int = 0):
         from moviola.conditioning.text import default_cache_dir
 
         self.dataset, self.autoencoder, self.device = dataset, autoencoder, torch.device(device)
-        key = hashlib.sha256((autoencoder_fingerprint(autoencoder) + dataset_fingerprint(data_cfg, dataset)).encode())
+        self.low_res_factor = int(low_res_factor)
+        key = hashlib.sha256((autoencoder_fingerprint(autoencoder)
+                              + dataset_fingerprint(data_cfg, dataset, self.low_res_factor)).encode())
         self.dir = Path(cache_dir or default_cache_dir()) / "latents" / key.hexdigest()[:32]
         self.encoded = 0  # items this process encoded (the rest came from disk)
         self._recorded: dict[str, str] = self._read_skipped()
@@ -92,10 +106,9 @@ class LatentCache(Dataset):
         for start in bar:
             idx = missing[start:start + batch_size]
             raws = [self.dataset[i] for i in idx]
-            with torch.no_grad():
-                latents = self.autoencoder.encode(torch.stack([r["video"] for r in raws]).to(self.device)).float().cpu()
-            for i, raw, latent in zip(idx, raws, latents):
-                self._store(i, latent, raw)
+            latents, lows = self._encode(torch.stack([r["video"] for r in raws]))
+            for k, (i, raw) in enumerate(zip(idx, raws)):
+                self._store(i, latents[k], raw, None if lows is None else lows[k])
         self._record_skipped()
         return len(missing)
 
@@ -121,12 +134,26 @@ class LatentCache(Dataset):
         except OSError:
             pass  # like a latent: a read-only cache costs a count in later runs, not this run
 
-    def _store(self, index: int, latent: torch.Tensor, raw: dict) -> dict:
+    @torch.no_grad()
+    def _encode(self, videos: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Latents of pixel clips (B, 3, T, H, W), and of the clips area-downsampled by low_res_factor (or None)."""
+        from moviola.data.transforms import area_downsample
+
+        videos = videos.to(self.device)
+        latents = self.autoencoder.encode(videos).float().cpu()
+        if not self.low_res_factor:
+            return latents, None
+        return latents, self.autoencoder.encode(area_downsample(videos, self.low_res_factor)).float().cpu()
+
+    def _store(self, index: int, latent: torch.Tensor, raw: dict, low: Optional[torch.Tensor] = None) -> dict:
         from safetensors.torch import save_file
 
         self.encoded += 1
         item = {"latent": latent, "label": torch.as_tensor(raw.get("label", -1)).long(), "caption": raw.get("caption", "")}
         tensors = {"latent": latent.contiguous(), "label": item["label"].reshape(())}
+        if low is not None:  # an upsampler's low-resolution latent
+            item["low_latent"] = low
+            tensors["low_latent"] = low.contiguous()
         if "stride" in raw:  # the clip's frame stride (data.frame_strides)
             item["stride"] = int(raw["stride"])
             tensors["stride"] = torch.tensor(item["stride"], dtype=torch.int64)
@@ -156,13 +183,14 @@ class LatentCache(Dataset):
                     item["stride"] = int(stored["stride"])
                 elif getattr(self.dataset, "strides", None) is not None:
                     raise KeyError("stride")  # a clip's stride is part of its item: encode it again
+                if self.low_res_factor:
+                    item["low_latent"] = stored["low_latent"]  # missing: a KeyError, encoded again
             except (SafetensorError, KeyError, ValueError, OSError, RuntimeError):
                 item = None  # damaged: encode again
         if item is not None:
             return item
         raw = self.dataset[index]
-        with torch.no_grad():
-            latent = self.autoencoder.encode(raw["video"][None].to(self.device))[0].float().cpu()
-        item = self._store(index, latent, raw)
+        latents, lows = self._encode(raw["video"][None])
+        item = self._store(index, latents[0], raw, None if lows is None else lows[0])
         self._record_skipped()
         return item

@@ -261,11 +261,12 @@ def render_clip(
     frames: int = 16,
     start: Optional[tuple[float, float]] = None,
     bounce: bool = False,
+    rgb: Optional[Sequence[int]] = None,
 ) -> np.ndarray:
     """Render one clip as uint8 ``(T, S, S, 3)``.
 
     ``start`` is the object's float centre (x, y) in frame 0; the default centres the whole
-    trajectory on the canvas. Without bounce T is limited so the object stays inside
+    trajectory on the canvas. ``rgb`` draws the object in that colour instead of ``colour``'s (a palette). Without bounce T is limited so the object stays inside
     (:func:`max_frames_without_bounce`), and a start that would leave the canvas is an error.
     """
     _check_attributes(colour, shape, direction)
@@ -283,13 +284,30 @@ def render_clip(
             f"start {tuple(start)} puts the {shape} (half-extent r={r:g}) outside the {size}x{size} canvas "
             f"within {frames} frames; centres must stay in {limits} on both axes"
         )
-    rgb = np.array(COLOURS[colour], dtype=np.float64)
+    rgb = np.array(COLOURS[colour] if rgb is None else _checked_rgb(rgb), dtype=np.float64)
     video = np.zeros((frames, size, size, 3), dtype=np.uint8)
     for t, (cx, cy) in enumerate(centres):
         cov, y0, x0 = _coverage(shape, cx, cy, r, size)
         h, w = cov.shape
         video[t, y0 : y0 + h, x0 : x0 + w] = np.rint(cov[..., None] * rgb).astype(np.uint8)
     return video
+
+
+def _checked_rgb(rgb: Sequence[int]) -> tuple[int, int, int]:
+    values = tuple(rgb)
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and 0 <= v <= 255 for v in values):
+        raise ValueError(f"a colour must be three ints in 0..255 (R, G, B), got {rgb!r}")
+    return tuple(int(v) for v in values)
+
+
+def _checked_palette(palette: Optional[dict]) -> dict[str, tuple[int, int, int]]:
+    """``{colour word: (R, G, B)}``: the words the clips of that colour are drawn in instead (a recolouring)."""
+    out = {}
+    for word, rgb in (palette or {}).items():
+        if word not in COLOURS:
+            raise ValueError(f"palette: unknown colour {word!r}; expected some of {list(COLOURS)}")
+        out[word] = _checked_rgb(rgb)
+    return out
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -305,12 +323,13 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def sample_clip(
     seed: int, index: int, split: str = "train", size: int = 32, frames: int = 16, bounce: bool = False,
-    stride: int = 1,
+    stride: int = 1, palette: Optional[dict] = None,
 ) -> dict:
     """Clip ``index`` of a split: a pure function of (seed, split, index) and the render args.
 
     ``stride`` s: frames ``0, s, 2s, ...`` of the clip rendered with ``(frames - 1) * s + 1`` frames
-    (the object moves s times farther per frame); 1 is the spec's clip.
+    (the object moves s times farther per frame); 1 is the spec's clip. ``palette`` ``{word: (R, G, B)}``
+    draws the colours it names in other RGB values; attributes, label and caption keep the word.
 
     Returns ``dict(video uint8 (T,S,S,3), colour, shape, direction, label, caption)``.
     """
@@ -318,8 +337,9 @@ def sample_clip(
     _check_size(size)
     _check_frames(frames, size, bounce)
     _check_stride(stride, frames, size, bounce)
+    palette = _checked_palette(palette)
     if stride != 1:
-        item = sample_clip(seed, index, split, size, span(frames, stride), bounce)
+        item = sample_clip(seed, index, split, size, span(frames, stride), bounce, palette=palette)
         item["video"] = np.ascontiguousarray(item["video"][::stride])
         return item
     rng = _rng(seed, split, index)
@@ -332,7 +352,8 @@ def sample_clip(
     lo = np.array([r - min(vx, 0) * travel, r - min(vy, 0) * travel])
     hi = np.array([size - r - max(vx, 0) * travel, size - r - max(vy, 0) * travel])
     start = lo + rng.random(2) * (hi - lo)
-    video = render_clip(colour, shape, direction, size, frames, (float(start[0]), float(start[1])), bounce)
+    video = render_clip(colour, shape, direction, size, frames, (float(start[0]), float(start[1])), bounce,
+                        rgb=palette.get(colour))
     return {
         "video": video,
         "colour": colour,
@@ -351,6 +372,7 @@ class MovingShapes(Dataset):
 
     ``stride``: every clip at that frame stride (1: the spec's clips). ``strides``: a list of strides,
     each clip drawing its own from ``(seed, index)`` (data/strides.py); items then carry ``stride`` (int).
+    ``palette``: ``{colour word: (R, G, B)}`` (``data.palette``), those colours drawn in other values.
     """
 
     name = "Moving Shapes"
@@ -367,8 +389,10 @@ class MovingShapes(Dataset):
         cache: bool = True,
         stride: int = 1,
         strides: Optional[Sequence[int]] = None,
+        palette: Optional[dict] = None,
     ) -> None:
         _check_split(split)
+        self.palette = _checked_palette(palette)
         _check_size(size)
         _check_frames(frames, size, bounce)
         self.strides = check_strides(strides)
@@ -400,7 +424,7 @@ class MovingShapes(Dataset):
         if index in self._cache:
             return self._cache[index]
         stride = self.stride_of(index)
-        item = sample_clip(self.seed, index, self.split, self.size, self.frames, self.bounce, stride)
+        item = sample_clip(self.seed, index, self.split, self.size, self.frames, self.bounce, stride, self.palette)
         if self.strides is not None:
             item["stride"] = stride
         if self.cache:

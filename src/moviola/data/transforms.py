@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 SizeLike = Union[int, tuple[int, int]]
 
-__all__ = ["center_crop", "resize_and_crop", "resize_shorter_side", "to_hw"]
+__all__ = ["area_downsample", "center_crop", "resize_and_crop", "resize_shorter_side", "to_hw"]
 
 
 def to_hw(size: SizeLike) -> tuple[int, int]:
@@ -69,3 +69,18 @@ def resize_and_crop(video: torch.Tensor, size: SizeLike) -> torch.Tensor:
     # ceil guards against rounding a dimension to one pixel short of the crop
     hw = (max(th, math.ceil(h * scale - 1e-6)), max(tw, math.ceil(w * scale - 1e-6)))
     return center_crop(_resize(video, hw), (th, tw)).clamp(-1.0, 1.0)
+
+
+def area_downsample(video: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each frame of a ``(C, T, H, W)`` or ``(B, C, T, H, W)`` video made ``factor`` times smaller by averaging
+    each ``factor × factor`` block: area resampling (``F.interpolate(mode="area")`` at an integer factor), the
+    low-resolution clip an upsampler learns to undo (conditions.low_res). Averaging cannot alias or leave [-1, 1]."""
+    if video.ndim not in (4, 5) or not video.is_floating_point():
+        raise ValueError(f"expected a float (C,T,H,W) or (B,C,T,H,W) video, got {video.dtype} of shape "
+                         f"{tuple(video.shape)}")
+    h, w = video.shape[-2:]
+    if factor < 1 or h % factor or w % factor:
+        raise ValueError(f"cannot area-downsample {h}×{w} by {factor}: the factor must divide the frame")
+    if factor == 1:
+        return video
+    return F.avg_pool3d(video, kernel_size=(1, factor, factor))

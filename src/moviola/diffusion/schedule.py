@@ -268,6 +268,18 @@ class NoiseSchedule:
             return signal * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         return self.gather(self.sqrt_alphas_cumprod, t, x0) * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
+    def augment(self, z: torch.Tensor, level: TimestepLike, noise: torch.Tensor) -> torch.Tensor:
+        """Noise-conditioning augmentation of a condition (an upsampler's low-resolution latent, Imagen / Video LDM):
+        ``sqrt(ab_s) z + sqrt(1 - ab_s) noise`` at level ``s`` (B,), a timestep of this schedule; level 0 is ``z``
+        exactly (no augmentation: ``ab_0 = 1 - beta_0`` would still add a trace of noise).
+
+        Unlike :meth:`q_sample` it never applies ``x0_scale``: that scales the data the denoiser recovers, not a
+        condition it is given."""
+        level = torch.as_tensor(level).detach().cpu().long()
+        noised = (self.gather(self.sqrt_alphas_cumprod, level, z) * z
+                  + self.gather(self.sqrt_one_minus_alphas_cumprod, level, z) * noise)
+        return torch.where(broadcast_timesteps(level == 0, z).to(z.device), z, noised)
+
     def scale_x0(self, x0: torch.Tensor, t: TimestepLike) -> torch.Tensor:
         """``s_t x0``: the data as the process at t sees it (what an x0-prediction predicts); x0 without x0_scale."""
         return x0 if self.x0_scale is None else self.gather(self.x0_scale, t, x0) * x0

@@ -22,14 +22,15 @@ def _split_of(target: dict) -> str:
     return "holdout" if (target["colour"], target["shape"], target["direction"]) in HOLDOUT else "seen"
 
 
-def summarize(videos, targets: list) -> dict:
-    """Scores per split (seen, holdout) and over all videos; per-video rows under ``rows``."""
-    overall = score_batch(videos, targets)
+def summarize(videos, targets: list, palette: Optional[dict] = None) -> dict:
+    """Scores per split (seen, holdout) and over all videos; per-video rows under ``rows``. ``palette``:
+    recoloured colour words (eval/shapes_score.py)."""
+    overall = score_batch(videos, targets, palette)
     out: dict = {"all": {k: v for k, v in overall.items() if k != "rows"}}
     for split in ("seen", "holdout"):
         idx = [i for i, r in enumerate(overall["rows"]) if _split_of(r["target"]) == split]
         if idx:
-            part = score_batch([videos[i] for i in idx], [targets[i] for i in idx])
+            part = score_batch([videos[i] for i in idx], [targets[i] for i in idx], palette)
             out[split] = {k: v for k, v in part.items() if k != "rows"}
     for r in overall["rows"]:
         r["split"] = _split_of(r["target"])
@@ -39,7 +40,8 @@ def summarize(videos, targets: list) -> dict:
 
 def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int = 50, cfg: Optional[float] = None,
                         sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16,
-                        image_to_video: bool = False, progress: bool = False) -> dict:
+                        image_to_video: bool = False, progress: bool = False,
+                        palette: Optional[dict] = None) -> dict:
     """Sample ``per_class`` videos of every class combination and score them (seed ``seed + i`` for video i).
 
     A class-conditional model gets the class labels, a text model the captions (``a red circle
@@ -47,11 +49,15 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     clip of its class (clip ``label + 48·j`` for its j-th video), and the result adds
     ``image_to_video``: how often colour and shape are kept, and the PSNR of the output's frame 0
     against the given frame (on [0, 1]; identical frames count as 100 dB). ``progress``: a bar over the
-    videos on stderr.
+    videos on stderr. ``palette`` (``{word: (R, G, B)}``): score colours against it (eval/shapes_score.py);
+    default: the checkpoint's ``data.palette`` (none for the spec's colours). The given first frames are drawn
+    in it too.
     """
     from moviola.pipelines.generate import load_pipeline
 
     pipe = load_pipeline(path, device=device)
+    if palette is None and getattr(pipe.config.data, "palette", None) is not None:
+        palette = pipe.config.data.palette.colours()
     labels = [y for y in range(NUM_CLASSES) for _ in range(per_class)]
     kwargs: dict = {}
     if "text" in pipe.accepts:
@@ -67,17 +73,18 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
             raise ValueError(f"{path} was trained without context frames: it cannot take a first frame")
         d = pipe.config.data
         test = MovingShapes(split="test", count=NUM_CLASSES * per_class, size=d.size, frames=d.frames,
-                            seed=d.seed, bounce=d.bounce, cache=False)
+                            seed=d.seed, bounce=d.bounce, cache=False, palette=palette)
         given = [test[y + NUM_CLASSES * j]["video"][:, 0] for y in range(NUM_CLASSES) for j in range(per_class)]
         kwargs["image"] = given
     video = _sample(pipe, kwargs, len(labels), dict(steps=steps, cfg=cfg, sampler=sampler),
                     seed, batch_size, progress)
-    result = summarize(list(video), labels)
+    result = summarize(list(video), labels, palette)
     if given is not None:
         result["image_to_video"] = _image_to_video_scores(video, given, result["rows"])
     result["settings"] = {"checkpoint": str(path), "conditioning": "text" if "prompt" in kwargs else "labels",
                           "image_to_video": image_to_video, "per_class": per_class, "steps": steps,
-                          "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed}
+                          "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed,
+                          **({"palette": {k: list(v) for k, v in palette.items()}} if palette else {})}
     return result
 
 

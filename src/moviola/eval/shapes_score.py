@@ -14,6 +14,12 @@ Choices the spec leaves open:
   consistent). ``area_cv`` is None when no frame has foreground.
 - ``multiple_objects`` flags a video whose median component count over frames with foreground
   is above one.
+
+A palette (``palette={"red": (230, 50, 230)}``, a run's ``data.palette``) scores videos of recoloured
+Moving Shapes: the colour word is the nearest of the palette's colours, where the spec's value of each
+recoloured word stays a candidate under the name ``spec:<word>`` (a red object asked to be drawn magenta
+scores ``spec:red``, not ``red``: the colour was not adopted). Where two candidates share a value (a palette
+that swaps words, ``{red: yellow's RGB, yellow: red's RGB}``), the word the palette gives it wins.
 """
 
 from __future__ import annotations
@@ -110,13 +116,27 @@ def _direction(t: np.ndarray, cx: np.ndarray, cy: np.ndarray, frames: int, size:
     return ("down" if dy > 0 else "up"), dx, dy  # image y grows downward
 
 
-def score_video(video: Union[np.ndarray, torch.Tensor]) -> dict:
+def _colours(palette: Optional[dict]) -> tuple[list[str], np.ndarray]:
+    """The colour names the scorer chooses from and their RGB values (module docstring: palettes)."""
+    if not palette:
+        return list(COLOURS), _PALETTE
+    unknown = [w for w in palette if w not in COLOURS]
+    if unknown:
+        raise ValueError(f"palette: unknown colour(s) {unknown}; expected some of {list(COLOURS)}")
+    names = list(COLOURS) + [f"spec:{w}" for w in palette]
+    values = [palette.get(w, rgb) for w, rgb in COLOURS.items()] + [COLOURS[w] for w in palette]
+    return names, np.array(values, dtype=np.float64)
+
+
+def score_video(video: Union[np.ndarray, torch.Tensor], palette: Optional[dict] = None) -> dict:
     """Measure one video: colour, shape, direction (None if never seen) and consistency figures.
 
-    Accepts uint8 ``(T,H,W,3)`` or float ``(C,T,H,W)`` in [-1, 1]. Returns a JSON-friendly dict:
+    Accepts uint8 ``(T,H,W,3)`` or float ``(C,T,H,W)`` in [-1, 1]; ``palette``: recoloured words (module
+    docstring). Returns a JSON-friendly dict:
     ``colour, shape, direction, fill, mean_rgb, displacement, area_cv, connected_fraction,
     n_objects, multiple_objects, fg_frames, frames``.
     """
+    names, values = _colours(palette)
     frames = _as_frames(video)
     n_frames, h, w, _ = frames.shape
     if n_frames == 0:
@@ -154,7 +174,7 @@ def score_video(video: Union[np.ndarray, torch.Tensor]) -> dict:
         cx.append(xs[m].mean())
         cy.append(ys[m].mean())
     rgb = np.median(np.stack(rgbs), axis=0)
-    colour = list(COLOURS)[int(np.argmin(((_PALETTE - rgb) ** 2).sum(axis=1)))]
+    colour = names[int(np.argmin(((values - rgb) ** 2).sum(axis=1)))]
     fill = float(np.median(fills))
     direction, dx, dy = _direction(present.astype(np.float64), np.array(cx), np.array(cy), n_frames, min(h, w))
     n_objects = int(round(float(np.median([components[t] for t in present]))))
@@ -198,11 +218,12 @@ def _videos(videos) -> list:
 def score_batch(
     videos: Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]],
     targets: Union[Sequence[Union[dict, int]], torch.Tensor, np.ndarray],
+    palette: Optional[dict] = None,
 ) -> dict:
     """Score a batch against its prompts: attribute accuracies, match rate, consistency, n, rows.
 
     ``targets`` are dicts ``(colour, shape, direction)`` or class labels, one per video. A video
-    with no foreground counts as wrong on every attribute.
+    with no foreground counts as wrong on every attribute. ``palette``: recoloured words (module docstring).
     """
     items = _videos(videos)
     goals = [_target(t) for t in (targets.tolist() if isinstance(targets, (torch.Tensor, np.ndarray)) else targets)]
@@ -212,7 +233,7 @@ def score_batch(
         raise ValueError("nothing to score: the batch is empty")
     rows = []
     for video, goal in zip(items, goals):
-        row = score_video(video)
+        row = score_video(video, palette)
         ok = {k: row[k] == goal[k] for k in ("colour", "shape", "direction")}
         row.update(target=goal, **{f"{k}_ok": v for k, v in ok.items()}, match=all(ok.values()))
         rows.append(row)

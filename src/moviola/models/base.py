@@ -27,6 +27,10 @@ class Denoiser(Protocol):
     accepts: frozenset  # the Conditioning fields it takes; any other one is a ValueError naming it
     learned_sigma: bool  # the output has 2·C channels: the mean, then the variance interpolation
     joint_images: ClassVar[bool]  # takes ``num_images`` trailing single images (image-video joint training)
+    # (optional) any_size: ClassVar[bool] — the same weights serve any frame size, so training on crops of the
+    # frame is training for the whole frame (train.crop): a convolutional U-Net. Absent means False: a family
+    # with absolute positions learned for one grid (Latte, W.A.L.T). Not a protocol member, so a family
+    # without it still satisfies ``isinstance(model, Denoiser)``.
 
     @classmethod
     def from_config(cls, cfg, conditions, in_channels: int) -> "Denoiser": ...

@@ -26,7 +26,7 @@ from torch import nn
 from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig
 from moviola.nn import LabelEmbedder, text_tokens
-from moviola.nn.unet import UNet2D
+from moviola.nn.unet import TimestepEmbedding, UNet2D, timestep_features
 
 
 @dataclass
@@ -57,6 +57,7 @@ class UNetVideoModel(nn.Module):
     display_name: ClassVar[str]  # in messages: "Video LDM", "VideoCrafter"
     temporal_names: ClassVar[tuple[str, ...]]  # module names whose parameters train.stage=temporal trains
     joint_images = True  # image frames bypass every temporal layer
+    any_size = True  # convolutions, and attention without absolute positions: one set of weights for any frame size
     input_embedding = "unet.conv_in.weight"  # the layer --init-from copies by input_groups (training/trainer.py)
 
     def setup(self, cfg, conditions: ConditionsConfig, in_channels: int) -> None:
@@ -88,6 +89,18 @@ class UNetVideoModel(nn.Module):
         self.label_embedding = LabelEmbedder(self.num_classes, self.unet.time_embed_dim) if self.num_classes else None
         if self.label_embedding is not None:
             nn.init.normal_(self.label_embedding.embedding_table.weight, std=0.02)
+
+    def build_fps_embedding(self) -> None:
+        """``self.fps_embedding`` for a model with ``conditions.fps`` (else None): VideoCrafter's ``fps_embedding``,
+        the timestep embedding's shape on the rate's sinusoidal features, added to the timestep embedding. Its
+        output layer starts at zero (ours): a model warm-started from an image model is that model at any rate.
+        Video LDM's interpolation model uses it as its level flag (docs/video_ldm.md)."""
+        self.fps_embedding = None
+        if not self.conditions.fps:
+            return
+        self.fps_embedding = TimestepEmbedding(self.dims.block_out_channels[0], self.unet.time_embed_dim)
+        nn.init.zeros_(self.fps_embedding.linear_2.weight)
+        nn.init.zeros_(self.fps_embedding.linear_2.bias)
 
     @classmethod
     def from_config(cls, cfg, conditions: ConditionsConfig, in_channels: int):
@@ -181,6 +194,22 @@ class UNetVideoModel(nn.Module):
         if labels.shape != (batch, frames):
             raise ValueError(f"labels must have shape (B,) or (B, T) = ({batch}, {frames}); got {tuple(labels.shape)}")
         return self.label_embedding(labels.reshape(-1))
+
+    def rate_embedding(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
+        """The frame-rate embedding per frame (B·T, E), or None for a model without ``conditions.fps``."""
+        if self.fps_embedding is None:
+            return None
+        fps = None if cond is None else cond.fps
+        if fps is None:
+            raise ValueError(f"this {self.display_name} is conditioned on the frame rate (conditions.fps): pass "
+                             f"Conditioning(fps=...) of shape (B,) = ({batch},), the clips' fps or frame stride")
+        fps = torch.as_tensor(fps, device=self.unet.conv_in.weight.device)
+        if fps.shape != (batch,) or fps.is_complex() or fps.dtype == torch.bool:
+            raise ValueError(f"fps must be a real tensor of shape (B,) = ({batch},), got {tuple(fps.shape)} "
+                             f"{fps.dtype}")
+        features = timestep_features(fps, self.dims.block_out_channels[0], self.unet.flip_sin_to_cos,
+                                     self.unet.freq_shift).to(self.unet.conv_in.weight.dtype)
+        return self.fps_embedding(features).repeat_interleave(frames, dim=0)  # (B·T, E)
 
     def clip_text(self, cond: Optional[Conditioning], batch: int):
         """The clip's text tokens (B, L, D) and mask, or None for a model without text (required with it)."""

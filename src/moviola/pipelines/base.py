@@ -55,6 +55,19 @@ is not a guidance target: both branches of guidance get it. A model trained with
 ``fps`` (a ValueError, as labels for a model without classes); its videos have no rate of their own,
 and ``frame_rate()`` is 8, the Moving Shapes files' rate and ``save_video``'s default.
 
+The upsampler (a model trained with ``conditions.low_res``: Video LDM's temporally aligned upsampler, W.A.L.T's
+latent super-resolution): ``low_res=VIDEO`` is the video to upsample, a pixel tensor ``(B or 1, 3, T, h, w)``
+(or ``(3, T, h, w)``) in [-1, 1] or a video file. It is encoded by the pipeline's autoencoder, as training
+encoded the area-downsampled clips, and the output has its T frames at ``conditions.low_res_factor`` × its size
+(``num_frames``, ``height`` and ``width`` may be given only if they agree). A model trained with
+``conditions.noise_level`` gets the latent noised to ``noise_level=N`` (default ``sample.noise_level``) by the
+training formula ``sqrt(ᾱ_N) z + sqrt(1 − ᾱ_N) ε`` (N = 0: z itself) and is told N; ε of video ``i`` is drawn from
+its generator (seed ``seed + i``) right after its start noise, so the result is a pure function of the seed too.
+``conditions()`` gives the clean latent and N; ``noise_low_res(conds, generators)`` noises it (``__call__``
+does, per batch). The low-resolution video and N are not guidance targets: both branches get them. A model
+without the condition takes no ``low_res`` (ValueError), an upsampler needs one (ValueError); an N above
+``conditions.noise_level_max`` (the levels trained on) runs, with a warning.
+
 Arguments are checked before anything is encoded or sampled: a wrong type is a TypeError, a value
 out of range (a NaN or infinite ``cfg``, ``context_guidance`` or ``temporal_guidance``, a negative ``eta``, ``steps``
 outside 1..num_timesteps, a frame count, size, ``num_videos`` or ``batch_size`` below 1, an unknown
@@ -70,6 +83,7 @@ unconditional and never warned about).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +100,8 @@ from moviola.diffusion.samplers import NO_SCALED_DDPM
 from moviola.diffusion.schedule import randn
 from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
                                       given_frames, checked_fps, checked_int, checked_real, warn)
+
+VideoLike = Union[str, Path, torch.Tensor]
 from moviola.utils import resolve_device
 
 ImageLike = Union[str, Path, torch.Tensor]
@@ -140,15 +156,24 @@ class Pipeline:
     def conditions(self, n: int, num_frames: int, height: int, width: int, labels: Optional[Sequence[int]] = None,
                    prompt: Optional[Sequence[str]] = None, negative_prompt: Union[str, Sequence[str], None] = None,
                    frames: Optional[Mapping[int, Sequence[ImageLike]]] = None,
-                   fps: Optional[float] = None) -> Conditions:
+                   fps: Optional[float] = None, low_res: Optional[VideoLike] = None,
+                   noise_level: Optional[int] = None) -> Conditions:
         """The condition of ``n`` videos of ``num_frames`` frames of ``height × width``, and its null.
 
         ``frames`` maps a pixel frame index to one image, or one per video. ``fps``: the frame rate of a
-        model conditioned on it (default :meth:`frame_rate`), in both the condition and its null. Every
-        check happens here, before any sampling.
+        model conditioned on it (default :meth:`frame_rate`), in both the condition and its null.
+        ``low_res``: an upsampler's low-resolution video (one, or one per video), which the frame count and size
+        must match (:meth:`upsampled_size`); the condition holds its clean latent and ``noise_level`` (default
+        ``sample.noise_level``), which :meth:`noise_low_res` applies. Every check happens here, before any sampling.
         """
         n, num_frames = checked_int("n", n), checked_int("num_frames", num_frames)
         height, width = checked_int("height", height), checked_int("width", width)
+        low = self.prepare_low_res(low_res)  # checked early: a model that takes none, or needs one
+        level = self._checked_noise_level(noise_level)
+        if low is not None:
+            if low.shape[0] not in (1, n):
+                raise ValueError(f"{low.shape[0]} low-resolution videos for {n} videos: give one, or one per video")
+            self.upsampled_size(low, num_frames, height, width)  # the frame count and size must agree
         prompt, labels, frames = as_prompts(prompt, "prompt"), as_labels(labels), given_frames(None, frames)
         for name, values in (("prompts", prompt), ("labels", labels)):
             if values is not None and len(values) != n:
@@ -177,7 +202,97 @@ class Pipeline:
         cond, uncond = _merge([p[0] for p in parts]), _merge([p[1] for p in parts])
         if rate is not None:  # not a guidance target: the null keeps it (Conditioning.null)
             cond.fps, uncond.fps = rate, rate.clone()
+        if low is not None:  # nor is the low-resolution video: both branches get it, and its level
+            z = self._encode_low_res(low).expand(n, -1, -1, -1, -1)
+            cond.low_res, uncond.low_res = z.clone(), z.clone()
+            if level is not None:
+                cond.noise_level, uncond.noise_level = (torch.full((n,), float(level)) for _ in range(2))
         return Conditions(cond, uncond, bool(parts))
+
+    # ---------------------------------------------------------------- the upsampler's input
+    def prepare_low_res(self, video: Optional[VideoLike]) -> Optional[torch.Tensor]:
+        """An upsampler's low-resolution video as ``(m, 3, T, h, w)`` float in [-1, 1]: a video file (read whole), or
+        a tensor ``(m, 3, T, h, w)`` / ``(3, T, h, w)`` in [-1, 1]; None for none. Refused for a model that takes
+        no low-resolution video, and None refused for one that needs it."""
+        from moviola.video import from_uint8, read_video
+
+        if video is None:
+            if "low_res" in self.accepts:
+                raise ValueError("this model is an upsampler (conditions.low_res): pass low_res= the video to upsample "
+                                 "(a (B, 3, T, h, w) tensor in [-1, 1] or a video file)")
+            return None
+        if "low_res" not in self.accepts:
+            raise ValueError("low_res: this model is not an upsampler (it was trained without conditions.low_res): "
+                             "do not pass low_res")
+        if isinstance(video, (str, Path)):
+            if not Path(video).is_file():
+                raise ValueError(f"low_res={str(video)!r}: no such video file")
+            return from_uint8(read_video(video))[None]  # (1, 3, T, h, w)
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"low_res must be a video file path or a (B, 3, T, h, w) tensor in [-1, 1], got "
+                            f"{type(video).__name__}")
+        if video.is_floating_point() and not bool(torch.isfinite(video).all()):
+            raise ValueError("a low_res tensor must be finite (it holds NaN or inf values)")
+        if not video.is_floating_point() or video.numel() and (video.min() < -1.001 or video.max() > 1.001):
+            raise ValueError("a low_res tensor must be float in [-1, 1] (got "
+                             f"{video.dtype}{'' if not video.numel() else f' in [{float(video.min()):.3g}, {float(video.max()):.3g}]'}); "
+                             "uint8 or [0, 1] videos: x / 127.5 - 1 or 2x - 1")
+        frames = video.detach().float().cpu()
+        frames = frames[None] if frames.dim() == 4 else frames
+        if frames.dim() != 5 or frames.shape[1] != 3 or 0 in frames.shape:
+            raise ValueError(f"a low_res tensor must be (B, 3, T, h, w) or (3, T, h, w), got shape "
+                             f"{tuple(video.shape)}")
+        return frames.clamp(-1, 1)
+
+    def upsampled_size(self, low: torch.Tensor, num_frames: Optional[int] = None, height: Optional[int] = None,
+                       width: Optional[int] = None) -> tuple[int, int, int]:
+        """(T, H, W) of the upsampled videos of ``low`` (m, 3, T, h, w): its frames at conditions.low_res_factor × its
+        size. A given ``num_frames``, ``height`` or ``width`` must agree (ValueError naming it)."""
+        f = self.config.conditions.low_res_factor
+        T, h, w = low.shape[2:]
+        try:
+            self.autoencoder.latent_shape(T, h, w)
+        except ValueError as e:
+            raise ValueError(f"low_res: the low-resolution video cannot be encoded: {e}") from None
+        for name, value, want in (("num_frames", num_frames, T), ("height", height, f * h), ("width", width, f * w)):
+            if value is not None and checked_int(name, value) != want:
+                raise ValueError(f"{name}={value} disagrees with low_res: {T} frames of {h}×{w} upsample ×{f} to {T} "
+                                 f"frames of {f * h}×{f * w}; leave {name} out")
+        return T, f * h, f * w
+
+    def _checked_noise_level(self, level) -> Optional[int]:
+        """The noise-augmentation level of the low-resolution input: an int timestep, default sample.noise_level; None
+        for a model trained without conditions.noise_level (which takes none)."""
+        if "noise_level" not in self.accepts:
+            if level is not None:
+                raise ValueError(f"noise_level={level!r}: this model was trained without noise augmentation "
+                                 "(conditions.noise_level): do not pass noise_level (it upsamples the clean "
+                                 "low-resolution latent)")
+            return None
+        n = self.schedule.num_timesteps
+        level = self.config.sample.noise_level if level is None else level
+        level = checked_int("noise_level", level, low=0, high=n - 1, what=" (a timestep of the schedule)")
+        trained = self.config.conditions.noise_level_max
+        if level > trained:
+            warn(f"noise_level={level} is above the levels this model was trained on (0 to {trained}, "
+                 "conditions.noise_level_max): how it uses so noisy a low-resolution video is a guess")
+        return level
+
+    @torch.no_grad()
+    def _encode_low_res(self, low: torch.Tensor) -> torch.Tensor:
+        """The clean low-resolution latent (m, c, t, h', w') of pixels (m, 3, T, h, w), as training encoded them."""
+        return self.autoencoder.encode(low.to(self.device)).float().cpu()
+
+    def noise_low_res(self, conds: Conditions, generators: Sequence[torch.Generator]) -> Conditions:
+        """``conds`` with its low-resolution latent noised to its level (the training augmentation, diffusion/
+        schedule.py ``augment``), ε of video i from ``generators[i]``; unchanged without a level."""
+        low, level = conds.cond.low_res, conds.cond.noise_level
+        if low is None or level is None:
+            return conds
+        eps = randn(low.shape, generator=list(generators))
+        noised = self.schedule.augment(low, level, eps.to(low.dtype))
+        return Conditions(dataclasses.replace(conds.cond, low_res=noised),
+                          dataclasses.replace(conds.uncond, low_res=noised.clone()), conds.guided)
 
     def _fps_conditioning(self, fps, n: int) -> Optional[torch.Tensor]:
         """(n,) float32 frame rates for a model conditioned on it, None for another; fps for one is an error."""
@@ -385,7 +500,8 @@ class Pipeline:
                  image: Union[ImageLike, Sequence[ImageLike], None] = None,
                  frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None,
                  context_guidance: float = 1.0, fps: Optional[float] = None,
-                 temporal_guidance: float = 0.0) -> torch.Tensor:
+                 temporal_guidance: float = 0.0, low_res: Optional[VideoLike] = None,
+                 noise_level: Optional[int] = None) -> torch.Tensor:
         """Videos ``(B, C, T, H, W)`` in [-1, 1]; ``image`` is frame 0, ``frames`` maps frame indices to images.
 
         ``context_guidance``: Video LDM's guidance scale s on the given frames (module docstring), any
@@ -397,6 +513,11 @@ class Pipeline:
         ``fps``: the frame rate, for a model conditioned on it (module docstring): the condition of every
         video and the rate to write them at, ``pipe.frame_rate(fps)`` (default: the training data's
         native rate). A model without the condition takes none (ValueError).
+
+        ``low_res``: an upsampler's video to upsample (module docstring), a ``(B or 1, 3, T, h, w)`` tensor in
+        [-1, 1] or a video file; the videos have its T frames at ``conditions.low_res_factor`` × its size, one per
+        low-resolution video (or ``num_videos`` of one). ``noise_level``: the augmentation level it is noised to
+        (default ``sample.noise_level``), for a model trained with ``conditions.noise_level``.
 
         Every argument is checked before anything is encoded (module docstring); ``labels`` may be one
         int, a list, a numpy array or a tensor of ints.
@@ -415,18 +536,25 @@ class Pipeline:
         if prompt is not None and labels is not None:
             raise ValueError("give prompts or labels, not both")
         given = given_frames(image, frames)
-        n = count_videos(prompt, labels, given, None if num_videos is None else checked_int("num_videos", num_videos))
+        low = self.prepare_low_res(low_res)  # a file is read (not encoded) here: its frame count and size
+        wanted = None if num_videos is None else checked_int("num_videos", num_videos)
+        if wanted is None and low is not None and prompt is None and labels is None:
+            wanted = low.shape[0]  # one video per low-resolution video
+        n = count_videos(prompt, labels, given, wanted)
         seed = check_seed(seed, n)
-        T = c.data.frames if num_frames is None else checked_int("num_frames", num_frames)
-        H = c.data.size if height is None else checked_int("height", height)
-        W = c.data.size if width is None else checked_int("width", width)
+        if low is not None:
+            T, H, W = self.upsampled_size(low, num_frames, height, width)
+        else:
+            T = c.data.frames if num_frames is None else checked_int("num_frames", num_frames)
+            H = c.data.size if height is None else checked_int("height", height)
+            W = c.data.size if width is None else checked_int("width", width)
         latent = self.autoencoder.latent_shape(T, H, W)  # a frame count or size the autoencoder cannot take
         self._warn_outside_training(T, H, W)
         if eta is not None and eta_value != 0 and sampler not in READS_ETA:
             warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
                   "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
         conds = self.conditions(n, T, H, W, labels=labels, prompt=prompt, negative_prompt=negative_prompt,
-                                frames=given, fps=fps)
+                                frames=given, fps=fps, low_res=low, noise_level=noise_level)
         self._warn_unused_guidance(conds, cfg, scale, negative_prompt, context_guidance)
         scale = scale if conds.guided else 1.0  # nothing to guide: one pass
         videos = []
@@ -436,7 +564,7 @@ class Pipeline:
             # come from seed + i alone, so a video does not depend on the batch it was made in
             gens = [torch.Generator().manual_seed(seed + i) for i in idx]
             x_T = randn((len(idx), *latent), generator=gens)
-            part = conds.index(idx)
+            part = self.noise_low_res(conds.index(idx), gens)  # its ε drawn after the start noise
             z = self.denoise(part, x_T, gens, scale, sampler, steps, eta_value, progress,
                              context_guidance=context_guidance, temporal_guidance=temporal_guidance)
             videos.append(self.decode(z, part))

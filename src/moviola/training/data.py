@@ -58,6 +58,8 @@ def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
 def collate(items: list[dict]) -> dict:
     key = "latent" if "latent" in items[0] else "video"  # pre-encoded latents (data.latent_cache) or pixels
     out = {key: torch.stack([it[key] for it in items])}
+    if "low_latent" in items[0]:  # an upsampler's low-resolution latents, cached beside the latents
+        out["low_latent"] = torch.stack([it["low_latent"] for it in items])
     if "label" in items[0]:
         out["label"] = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
     out["caption"] = [it.get("caption", "") for it in items]

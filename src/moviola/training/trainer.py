@@ -2,12 +2,21 @@
 on the latents of the run's autoencoder. The run loop around it is ``loop.py``.
 
 Each step draws its timesteps, noise and condition dropout from a generator seeded by
-``(train.seed, step)``, so a resumed run repeats them exactly. ``Trainer`` is the run loop with
+``(train.seed, step)``, so a resumed run repeats them exactly.
+
+An upsampler (``conditions.low_res``) also gets each clip's low-resolution latent: the clip area-downsampled
+by ``conditions.low_res_factor`` and encoded by the same autoencoder (cached beside the latent with
+``data.latent_cache``); with ``conditions.noise_level`` it is noised to a level drawn per example from
+[0, ``conditions.noise_level_max``] (noise-conditioning augmentation), and the model is told the level.
+``train.crop`` trains on random crop×crop windows of the latents (patch training, for a family whose weights
+serve any frame size), the low-resolution latent cropped at the matching window. Their draws come after
+every other draw of the step, so runs without them keep their batches bit for bit. ``Trainer`` is the run loop with
 this task; the names tests and scripts import from here (``TrainingDiverged``, ``batch_indices``,
 ``collate``, ``lr_at``, ...) stay importable.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from pathlib import Path
@@ -19,10 +28,11 @@ from moviola.autoencoders import build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
 from moviola.conditioning.text import build_text
-from moviola.config import ConfigError, config_from_json, to_dict
+from moviola.config import ConfigError, autoencoder_spatial_factor, config_from_json, to_dict
 from moviola.data import check_data
 from moviola.data.joint import caption_groups, extra_image_frames
 from moviola.data.strides import clip_fps, strides_of
+from moviola.data.transforms import area_downsample
 from moviola.diffusion import build_schedule, training_losses  # training_losses: looked up here at each step
 from moviola.io.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_name
 from moviola.models.registry import FAMILIES, build_model
@@ -93,7 +103,7 @@ def _copy_input_groups(model: torch.nn.Module, new: torch.Tensor, old: torch.Ten
 
 
 # the conditions DiffusionTask draws for a training batch (ConditionsConfig.wanted() names)
-BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps")
+BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps", "low_res", "noise_level")
 
 
 class Draws(NamedTuple):
@@ -122,7 +132,25 @@ class DiffusionTask(Task):
         if cfg.autoencoder.kind != "identity" and cfg.autoencoder.path is None:
             raise ConfigError(f"autoencoder.kind={cfg.autoencoder.kind} without autoencoder.path is a new, untrained "
                               "autoencoder: train one first (moviola train-vae) and set autoencoder.path to its export")
+        self._check_crop()
         self.text = build_text(cfg, self.device)  # None for a model without text
+
+    def _check_crop(self) -> None:
+        """train.crop trains the whole frame only where the same weights serve any frame size (the model class's
+        ``any_size``: a convolutional U-Net), and the crop must be a frame the model can take."""
+        cfg, crop = self.cfg, self.cfg.train.crop
+        if not crop:
+            return
+        if not getattr(FAMILIES[cfg.model.family][1], "any_size", False):
+            raise ConfigError(f"train.crop={crop}: the {cfg.model.family} family has position embeddings learned for "
+                              "one latent size, so crops would not train it for the whole frame: set train.crop=0 "
+                              "(patch training needs a convolutional U-Net family)")
+        size = crop * autoencoder_spatial_factor(cfg.autoencoder)
+        try:  # the family's own rules on a frame of the crop's size (e.g. a U-Net's downsampling divides it)
+            cfg.model.validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, size=size)))
+        except ConfigError as e:
+            raise ConfigError(f"train.crop={crop}: the model cannot take a {crop}×{crop} latent, a {size}-pixel frame "
+                              f"(data.size below): {e}") from None
 
     def build(self, dataset, plan: BatchPlan, init_from: Optional[str]) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -158,7 +186,8 @@ class DiffusionTask(Task):
                               "DataLoader workers: set data.num_workers=0 (the cached latents are cheap to read)")
         from moviola.data.latent_cache import LatentCache
 
-        self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device)
+        self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device,
+                                   low_res_factor=cfg.conditions.low_res_factor if cfg.conditions.low_res else 0)
         filled = self.dataset.fill(cfg.train.batch_size, progress=not self.quiet)  # batched: fast
         if filled:
             self.log(f"latent cache: encoded {filled} clips into {self.dataset.dir}")
@@ -185,36 +214,90 @@ class DiffusionTask(Task):
         if batch is None:
             batch = self.read_batch(step)
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step)
-        x0, labels, frames = self._latents(step, batch)
+        x0, labels, frames, low = self._latents(step, batch)
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
         cond, keep = self._conditions(g, x0, labels, batch["caption"], frames, batch.get("stride"))
         rate = self.cfg.conditions.self_cond  # drawn last, so runs without self-conditioning keep their batches
         use = (torch.rand(B, generator=g) < rate).to(self.device) if rate > 0 else None
+        # the upsampler's draws (noise levels, then crop windows) come after all of the above, so runs
+        # without a low-resolution input or a crop keep their batches
+        if low is not None:
+            cond.low_res, cond.noise_level = self._augment_low_res(g, low)
+        if self.cfg.train.crop:
+            x0, noise, cond = self._crop(g, x0, noise, cond)
         return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), Draws(keep, use)
 
-    def _latents(self, step: int, batch: dict) -> tuple[torch.Tensor, Optional[torch.Tensor], int]:
-        """The batch's latents (B, c, T(+n), h, w), its labels ((B,) or (B, T+n)) and its video's latent frames T."""
+    def _latents(self, step: int, batch: dict
+                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], int, Optional[torch.Tensor]]:
+        """The batch's latents (B, c, T(+n), h, w), its labels ((B,) or (B, T+n)), its video's latent frames T and,
+        for an upsampler, the clean low-resolution latents (B, c, T(+n), h/f, w/f) (else None)."""
         cfg = self.cfg
+        factor = cfg.conditions.low_res_factor if cfg.conditions.low_res else 0
+        low = None
         if "latent" in batch:  # encoded once, cached (data.latent_cache)
             x0 = batch["latent"].to(self.device)
+            if factor:
+                low = batch["low_latent"].to(self.device)
         else:
             with torch.no_grad():
-                x0 = self.autoencoder.encode(batch["video"].to(self.device))
+                video = batch["video"].to(self.device)
+                x0 = self.autoencoder.encode(video)
+                if factor:  # the same clip, area-downsampled, through the same autoencoder
+                    low = self.autoencoder.encode(area_downsample(video, factor))
         frames = x0.shape[2]  # latent frames of the videos (joint training appends image frames below)
         labels = batch.get("label")
         if cfg.data.use_image_num:  # Latte+IMG, W.A.L.T: single frames of other clips after each video (data/joint.py)
             idx = self.plan.indices(step, len(self.dataset))
             cached = "latent" in batch  # then the images are cached latent frames that encode an image alone
-            images, image_labels = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step,
-                                                      groups=self.image_groups,
-                                                      first_only=cached and not self.autoencoder.encodes_frames_alone)
-            images = images.to(self.device)
+            drawn = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step,
+                                       groups=self.image_groups,
+                                       first_only=cached and not self.autoencoder.encodes_frames_alone,
+                                       also=("low_latent",) if cached and factor else ())
+            images, image_labels = drawn[0].to(self.device), drawn[1]
             x0 = torch.cat([x0, images.to(x0.dtype) if cached else self._encode_images(images)], dim=2)  # (B, c, T+n, h, w)
+            if factor:  # each image's own low-resolution latent
+                small = drawn[2]["low_latent"].to(self.device) if cached else self._encode_images(
+                    area_downsample(images, factor))
+                low = torch.cat([low, small.to(low.dtype)], dim=2)
             if labels is not None and image_labels is not None:  # a label per frame: (B, T+n)
                 labels = torch.cat([labels[:, None].expand(-1, frames), image_labels], dim=1)
-        return x0, labels, frames
+        return x0, labels, frames, low
+
+    def _augment_low_res(self, g: torch.Generator, low: torch.Tensor
+                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The low-resolution latent the model is given, and its noise level (B,) float32 (None without
+        conditions.noise_level: then the clean latent). Levels s are uniform in [0, conditions.noise_level_max],
+        then the noise ε is drawn, both from ``g``: ``sqrt(ᾱ_s) z + sqrt(1 − ᾱ_s) ε`` (level 0: z exactly)."""
+        c = self.cfg.conditions
+        if not c.noise_level:
+            return low, None
+        level = torch.randint(0, c.noise_level_max + 1, (low.shape[0],), generator=g)
+        eps = torch.randn(low.shape, generator=g, dtype=torch.float32)
+        return self.schedule.augment(low, level, eps.to(low.device, low.dtype)), level.float()
+
+    def _crop(self, g: torch.Generator, x0: torch.Tensor, noise: torch.Tensor, cond: Conditioning
+              ) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+        """Patch training (train.crop): one random crop×crop window per example (drawn from ``g``), the same for
+        all its frames, of the latents, the noise and the conditions laid out like them (given frames, a per-pixel
+        mask); the low-resolution latent at the matching window, crop / f at offsets / f (the offsets are
+        multiples of the factor f, so the two windows cover the same pixels)."""
+        crop, B, H, W = self.cfg.train.crop, x0.shape[0], x0.shape[-2], x0.shape[-1]
+        f = self.cfg.conditions.low_res_factor if cond.low_res is not None else 1
+        top = torch.randint(0, (H - crop) // f + 1, (B,), generator=g) * f
+        left = torch.randint(0, (W - crop) // f + 1, (B,), generator=g) * f
+
+        def window(v: Optional[torch.Tensor], scale: int = 1) -> Optional[torch.Tensor]:
+            if v is None or v.shape[-2:] != (H // scale, W // scale):
+                return v  # absent, or the same for every pixel (a (B, 1, T, 1, 1) mask)
+            size = crop // scale
+            return torch.stack([v[i, ..., int(top[i]) // scale:int(top[i]) // scale + size,
+                                  int(left[i]) // scale:int(left[i]) // scale + size] for i in range(B)])
+
+        cond = dataclasses.replace(cond, context=window(cond.context), context_mask=window(cond.context_mask),
+                                   low_res=window(cond.low_res, f))
+        return window(x0), window(noise), cond
 
     @torch.no_grad()
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -303,6 +386,8 @@ class DiffusionTask(Task):
     def judge(self, n: int = 12) -> dict:
         """Sample a few videos with the EMA model and score them by the Moving Shapes rules."""
         if self.cfg.data.dataset != "shapes" or not (self.cfg.conditions.num_classes or self.text is not None):
+            return {}
+        if self.cfg.conditions.low_res:  # the judge scores videos made from a label or prompt alone
             return {}
         from moviola.data.shapes import NUM_CLASSES, caption, label_to_attributes
         from moviola.eval.shapes_score import score_batch

@@ -7,7 +7,8 @@ temporal layers after its spatial layers (docs/video_ldm.md).
 - Temporal layers (models/video_ldm/blocks.py): a 3-D convolution block after each resnet and a temporal
   attention after each spatial transformer (``temporal_layers``), mixed in by a learned α per layer; their
   last layers start at zero, so the untrained video model *is* the image model, frame by frame.
-- Conditions: class labels and a noise level (the upsampler's noise augmentation) are added to the timestep
+- Conditions: class labels, a noise level (the upsampler's noise augmentation) and the frame rate (the
+  interpolation model's level flag: T → 4T on clips at stride 4, 4T → 16T at stride 1) are added to the timestep
   embedding; given frames ``(m ∘ z, m)`` reach only the temporal layers (a learned downsampling, as the
   paper), so a frozen image backbone never sees them; a low-resolution video is resized to the latent size
   and concatenated along channels frame by frame (the temporally aligned upsampler).
@@ -35,7 +36,8 @@ class VideoLDM(UNetVideoModel):
 
     family = "video_ldm"
     display_name = "Video LDM"
-    temporal_names = ("temp_convs", "temp_attentions", "context_pyramid")  # the paper's φ
+    # the paper's φ; the frame-rate embedding too (new with the temporal layers: the interpolation model's level)
+    temporal_names = ("temp_convs", "temp_attentions", "context_pyramid", "fps_embedding")
 
     def __init__(self, cfg: VideoLDMConfig, conditions: ConditionsConfig = ConditionsConfig(), in_channels: int = 4):
         super().__init__()
@@ -47,12 +49,14 @@ class VideoLDM(UNetVideoModel):
                                  | ({"text", "text_mask"} if self.text_channels else set())
                                  | ({"context", "context_mask"} if self.context_frames else set())
                                  | ({"low_res"} if conditions.low_res else set())
-                                 | ({"noise_level"} if conditions.noise_level else set()))
+                                 | ({"noise_level"} if conditions.noise_level else set())
+                                 | ({"fps"} if conditions.fps else set()))
         self.build_unet(sum(n for _, n in self.input_groups(cfg, conditions, in_channels)),
                         None if cfg.temporal_layers == "none" else self._temporal_layer)
         self.noise_embedding = TimestepEmbedder(self.unet.time_embed_dim) if conditions.noise_level else None
         channels = self.dims.block_out_channels
         self.context_pyramid = ContextPyramid(in_channels + 1, channels) if self.context_frames else None
+        self.build_fps_embedding()  # the interpolation model's level flag: the clips' rate (stride 4 or 1)
 
     def _temporal_layer(self, kind: str, channels: int, path: str) -> Optional[TemporalMixer]:
         """The U-Net hook: the temporal layer after the spatial layer at ``path``, or None."""
@@ -98,8 +102,11 @@ class VideoLDM(UNetVideoModel):
         return torch.cat([x, up.view(B, T, C, H, W).transpose(1, 2)], dim=1)  # (B, 2C, T, H, W)
 
     def _embedding(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
-        """What is added to the timestep embedding, per frame (B·T, E): the class and the noise level."""
+        """What is added to the timestep embedding, per frame (B·T, E): the class, the noise level, the rate."""
         emb = self.class_embedding(cond, batch, frames)
+        rate = self.rate_embedding(cond, batch, frames)
+        if rate is not None:
+            emb = rate if emb is None else emb + rate
         if self.noise_embedding is not None:
             level = None if cond is None else cond.noise_level
             level = torch.zeros(batch, device=self.unet.conv_in.weight.device) if level is None else level

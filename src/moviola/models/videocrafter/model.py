@@ -39,7 +39,7 @@ from moviola.models.unet_video import UNetVideoModel, to_frames
 from moviola.models.videocrafter.blocks import VideoConv, VideoTransformer
 from moviola.nn import PatchImageEncoder, with_context
 from moviola.nn.resampler import Resampler
-from moviola.nn.unet import TimestepEmbedding, UNetAttention, timestep_features
+from moviola.nn.unet import UNetAttention
 
 
 class VideoCrafter(UNetVideoModel):
@@ -74,12 +74,7 @@ class VideoCrafter(UNetVideoModel):
         channels = self.dims.block_out_channels
         self._heads = dict(zip(channels, self.dims.heads()))  # a temporal transformer has its level's heads
         self.build_unet(sum(n for _, n in self.input_groups(cfg, conditions, in_channels)), self._temporal_layer)
-        # VideoCrafter's fps_embedding: the timestep embedding's shape, on the fps value's sinusoidal features.
-        # Its output layer starts at zero (ours): a model warm-started from an image model is that model at any fps.
-        self.fps_embedding = TimestepEmbedding(channels[0], self.unet.time_embed_dim) if self.fps else None
-        if self.fps_embedding is not None:
-            nn.init.zeros_(self.fps_embedding.linear_2.weight)
-            nn.init.zeros_(self.fps_embedding.linear_2.bias)
+        self.build_fps_embedding()  # VideoCrafter's fps_embedding (models/unet_video.py)
         self._build_image_branch(cfg, in_channels)
 
     def _build_image_branch(self, cfg: VideoCrafterConfig, in_channels: int) -> None:
@@ -190,17 +185,7 @@ class VideoCrafter(UNetVideoModel):
     def _embedding(self, cond: Optional[Conditioning], batch: int, frames: int) -> Optional[torch.Tensor]:
         """What is added to the timestep embedding, per frame (B·T, E): the class and the frame rate."""
         emb = self.class_embedding(cond, batch, frames)
-        if self.fps_embedding is not None:
-            fps = None if cond is None else cond.fps
-            if fps is None:
-                raise ValueError("this VideoCrafter is conditioned on the frame rate (conditions.fps): pass "
-                                 f"Conditioning(fps=...) of shape (B,) = ({batch},), the clips' fps or frame stride")
-            fps = torch.as_tensor(fps, device=self.unet.conv_in.weight.device)
-            if fps.shape != (batch,) or fps.is_complex() or fps.dtype == torch.bool:
-                raise ValueError(f"fps must be a real tensor of shape (B,) = ({batch},), got {tuple(fps.shape)} "
-                                 f"{fps.dtype}")
-            features = timestep_features(fps, self.dims.block_out_channels[0], self.unet.flip_sin_to_cos,
-                                         self.unet.freq_shift).to(self.unet.conv_in.weight.dtype)
-            rate = self.fps_embedding(features).repeat_interleave(frames, dim=0)  # (B·T, E)
+        rate = self.rate_embedding(cond, batch, frames)
+        if rate is not None:
             emb = rate if emb is None else emb + rate
         return emb
