@@ -24,7 +24,7 @@ def study_file(tmp_path):
     spec = {"name": "tiny", "steps": 2,
             "variants": {"v1": str(tmp_path / "base.yaml"),
                          "v2": {"config": str(tmp_path / "base.yaml"), "set": ["model.layout=late_fusion"]}},
-            "eval": {"per_class": 1, "steps": 2, "seed": 0},
+            "eval": {"per_class": 1, "steps": 2, "seed": 0, "val_clips": 6},
             "runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "docs")}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -38,7 +38,12 @@ def test_a_study_trains_scores_and_reports_every_variant(study_file, tmp_path):
     assert [r["name"] for r in out["variants"]] == ["v1", "v2"]
     for r in out["variants"]:
         assert r["step"] == 2 and r["scores"]["all"]["n"] == 48 and r["final_loss"] > 0
+        assert r["val"]["clips"] == 6 and r["val"]["val_loss"] > 0 and "per_clip" not in r["val"]
+    v1, v2 = (json.loads((tmp_path / "runs" / n / "study_val.json").read_text())["val"]["per_clip"] for n in ("v1", "v2"))
+    assert out["variants"][1]["val"]["minus_first"] == pytest.approx(sum(b - a for a, b in zip(v1, v2)) / 6)
+    assert out["variants"][0]["val"]["minus_first"] == 0.0
     readme = (tmp_path / "docs" / "README.md").read_text()
+    assert "held-out loss" in readme and "+0.0000 ± 0.0000" in readme
     assert "| v1 |" in readme and "| v2 |" in readme and f"moviola study {study_file}" in readme
     for png in ("loss.png", "scores.png"):
         assert (tmp_path / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,7 +39,7 @@ from moviola.data import check_classes, known_classes
 from moviola.diffusion.samplers import SAMPLERS
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir", "reading", "init_from")
-_EVAL = ("per_class", "steps", "cfg", "seed", "sampler")
+_EVAL = ("per_class", "steps", "cfg", "seed", "sampler", "val_clips")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class StudyEval:
     cfg: Optional[float] = None  # None = each variant's sample.cfg
     seed: int = 0
     sampler: str = "ddim"
+    val_clips: int = 192  # the held-out denoising loss on this many test clips (eval/denoising.py); 0: none
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,10 @@ def load_study(path: Union[str, Path]) -> Study:
         raise ConfigError(f"{path}: eval must be a mapping")
     _check_keys(ev, _EVAL, f"{path}: eval")
     study_eval = StudyEval(**ev)
-    if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in SAMPLERS:
-        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1 and a sampler of {', '.join(SAMPLERS)}")
+    if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in SAMPLERS or not (
+            isinstance(study_eval.val_clips, int) and study_eval.val_clips >= 0):
+        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1, val_clips >= 0 and a sampler of "
+                          f"{', '.join(SAMPLERS)}")
     return Study(name=name, steps=steps, variants=tuple(variants), set=_overrides(tree.get("set"), f"{path}: set"),
                  eval=study_eval, runs_dir=str(tree.get("runs_dir") or Path("runs") / "studies" / name),
                  out_dir=str(tree.get("out_dir") or Path("docs") / "studies" / name), source=str(path),
@@ -193,6 +196,7 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
             if trainer.stopped_by:
                 raise KeyboardInterrupt(f"stopped by {trainer.stopped_by}; run the study again to continue")
         results.append(_variant_result(study, v, cfg, run_dir, log))
+    _pair_validation(results)
     out = {"study": study.name, "steps": study.steps, "eval": dataclasses.asdict(study.eval),
            "command": f"moviola study {study.source}", "variants": results}
     if not only:
@@ -207,7 +211,7 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     from moviola.io.checkpoint import list_checkpoints
 
     step = int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[-1])
-    settings = {**dataclasses.asdict(study.eval), "step": step}
+    settings = {**{k: v for k, v in dataclasses.asdict(study.eval).items() if k != "val_clips"}, "step": step}
     cache = run_dir / "study_eval.json"
     scores = None
     if cache.is_file():
@@ -223,6 +227,7 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
         scores = {split: r[split] for split in ("all", "seen", "holdout") if split in r}
         scores["seconds"] = time.perf_counter() - t0
         cache.write_text(json.dumps({"settings": settings, "scores": scores}, indent=2) + "\n")
+    val = _validation(study, v, cfg, run_dir, step, log)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
     tail = [loss for _, loss in losses[-max(1, len(losses) // 10):]]
@@ -231,7 +236,43 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     return {"name": v.name, "config": v.config, "set": list(v.set), "init_from": v.init_from,
             "run_dir": str(run_dir), "step": step,
             "params": params, "final_loss": sum(tail) / len(tail) if tail else None,
-            "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores}
+            "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores,
+            "val": val}
+
+
+def _pair_validation(results: list[dict]) -> None:
+    """Each variant's held-out loss minus the first variant's, paired clip by clip (the same draws), with its
+    standard error; the per-clip losses stay in the run directories (``study_val.json``)."""
+    from moviola.eval.denoising import paired_difference
+
+    first = next((r["val"] for r in results if r.get("val")), None)
+    for r in results:
+        val = r.get("val")
+        if not val:
+            continue
+        mean, se = paired_difference(first["per_clip"], val["per_clip"]) if first is not val else (0.0, 0.0)
+        r["val"] = {"val_loss": val["val_loss"], "clips": val["clips"], "seed": val["seed"],
+                    "minus_first": mean, "minus_first_se": se}
+
+
+def _validation(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, step: int, log) -> Optional[dict]:
+    """The variant's held-out denoising loss (eval/denoising.py), cached in the run as ``study_val.json``."""
+    e = study.eval
+    if not e.val_clips:
+        return None
+    settings = {"clips": e.val_clips, "seed": e.seed, "step": step}
+    cache = run_dir / "study_val.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("settings") == settings:
+            return stored["val"]
+    from moviola.eval.denoising import validation_loss
+
+    log(f"study {study.name}: {v.name}: held-out denoising loss ({e.val_clips} test clips)")
+    val = validation_loss(run_dir, clips=e.val_clips, seed=e.seed,
+                          device="cpu" if cfg.train.device == "auto" else cfg.train.device)
+    cache.write_text(json.dumps({"settings": settings, "val": val}) + "\n")
+    return val
 
 
 def _pct(x: Optional[float]) -> str:
@@ -254,16 +295,23 @@ def write_report(study: Study, out: dict) -> Path:
              f"{e.per_class} video(s) per class (48 classes; seen and the 8 hold-out combinations), "
              f"{e.sampler.upper()} {e.steps} steps, guidance {e.cfg if e.cfg is not None else 'of each config'}, "
              f"seed {e.seed}.", "",
-             "| variant | params | final loss | it/s | colour % | shape % | direction % | match % | hold-out match % |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | params | final loss | held-out loss | − first (± 2 SE) | it/s | colour % | shape % | "
+             "direction % | match % | hold-out match % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in out["variants"]:
-        s = r["scores"]
+        s, val = r["scores"], r.get("val") or {}
         a, h = s.get("all", {}), s.get("holdout", {})
+        diff = ("–" if "minus_first" not in val else
+                f"{val['minus_first']:+.4f} ± {2 * val['minus_first_se']:.4f}")
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f} M | {_num(r['final_loss'], '.4f')} | "
+                     f"{_num(val.get('val_loss'), '.4f')} | {diff} | "
                      f"{_num(r['it_s_median'], '.2f')} | {_pct(a.get('colour_acc'))} | {_pct(a.get('shape_acc'))} | "
                      f"{_pct(a.get('direction_acc'))} | {_pct(a.get('match_rate'))} | {_pct(h.get('match_rate'))} |")
-    lines += ["", "Final loss: the mean training loss over the last tenth of the logged steps. it/s: the median "
-              "training speed (depends on what else ran on the machine).", "",
+    lines += ["", "Final loss: the mean training loss over the last tenth of the logged steps. Held-out loss: the "
+              f"training objective of the EMA weights on {e.val_clips} test clips at the same timesteps and noise for "
+              "every variant (eval/denoising.py); − first: the paired difference from the first variant, clip by "
+              "clip, ± two standard errors (an interval that excludes 0 is a difference these clips resolve). "
+              "it/s: the median training speed (depends on what else ran on the machine).", "",
               "![loss curves](loss.png)", "", "![scores](scores.png)", ""]
     if study.reading:
         lines += [f"The reading of these results against the paper: [{study.reading}]({study.reading}).", ""]
