@@ -387,3 +387,28 @@ def test_repeatable_flags_stay_repeatable():
     parser = build_parser()
     for _ in range(2):
         assert parser.parse_args(["sample", "ckpt", "--steps", "5", "--out", "x.png"]).steps == 5
+
+
+def test_eval_shapes_samples_the_frames_and_palette_it_is_asked_for(run, capsys, monkeypatch):
+    """--frames: the videos are that long (length generalization) and the settings say so; --palette: the
+    scorer reads colours against it (the given words recoloured); both are refused for a folder of files."""
+    from moviola.eval import shapes_eval
+
+    seen = {}
+    real = shapes_eval.summarize
+
+    def spy(videos, targets, palette=None):
+        seen.update(frames=videos[0].shape[1], palette=palette)
+        return real(videos, targets, palette)
+
+    monkeypatch.setattr(shapes_eval, "summarize", spy)
+    code, out, err = run_cli(capsys, "eval", "shapes", "--checkpoint", run, "--steps", "1", "--frames", "6",
+                             "--palette", "red=240,220,50", "--quiet")
+    assert code == 0, err
+    assert seen == {"frames": 6, "palette": {"red": (240, 220, 50)}}
+    assert json.loads(out)["settings"]["frames"] == 6
+    for extra in (["--frames", "0"], ["--palette", "pink=1,2,3"]):
+        code, _, err = run_cli(capsys, "eval", "shapes", "--checkpoint", run, "--steps", "1", *extra)
+        assert code == 2 and err.count("\n") == 1, err
+    code, _, err = run_cli(capsys, "eval", "shapes", "--videos", run, "--frames", "6")
+    assert code == 2 and "--frames" in err

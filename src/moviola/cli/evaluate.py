@@ -41,6 +41,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
     es.add_argument("--per-class", type=int, default=1, help="videos per class (48 classes)")
     es.add_argument("--steps", type=int, default=50, help="sampling steps")
+    es.add_argument("--frames", type=int, help="sample this many frames (default: the training length); a longer "
+                                               "video shows how the model generalizes in length")
     es.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's sample.cfg)")
     es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
     es.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
@@ -108,8 +110,11 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
                                      sampler=args.sampler, seed=args.seed, device=args.device,
                                      image_to_video=args.image_to_video, progress=not args.quiet,
-                                     palette=palette)
+                                     palette=palette, num_frames=args.frames)
     else:
+        if args.frames is not None:
+            raise ValueError("--frames sets how many frames a checkpoint samples (--checkpoint); a --videos folder's "
+                             "files are scored as they are")
         if args.palette:
             raise ValueError("--palette scores a checkpoint's samples (--checkpoint); --videos folders are scored "
                              "against the spec's colours")

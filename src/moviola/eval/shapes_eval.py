@@ -41,7 +41,7 @@ def summarize(videos, targets: list, palette: Optional[dict] = None) -> dict:
 def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int = 50, cfg: Optional[float] = None,
                         sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16,
                         image_to_video: bool = False, progress: bool = False,
-                        palette: Optional[dict] = None) -> dict:
+                        palette: Optional[dict] = None, num_frames: Optional[int] = None) -> dict:
     """Sample ``per_class`` videos of every class combination and score them (seed ``seed + i`` for video i).
 
     A class-conditional model gets the class labels, a text model the captions (``a red circle
@@ -51,7 +51,8 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     against the given frame (on [0, 1]; identical frames count as 100 dB). ``progress``: a bar over the
     videos on stderr. ``palette`` (``{word: (R, G, B)}``): score colours against it (eval/shapes_score.py);
     default: the checkpoint's ``data.palette`` (none for the spec's colours). The given first frames are drawn
-    in it too.
+    in it too. ``num_frames``: sample this many frames instead of the training length (length generalization:
+    the scorer reads the whole video; its expected travel grows with the length).
     """
     from moviola.pipelines.generate import load_pipeline
 
@@ -76,7 +77,8 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
                             seed=d.seed, bounce=d.bounce, cache=False, palette=palette)
         given = [test[y + NUM_CLASSES * j]["video"][:, 0] for y in range(NUM_CLASSES) for j in range(per_class)]
         kwargs["image"] = given
-    video = _sample(pipe, kwargs, len(labels), dict(steps=steps, cfg=cfg, sampler=sampler),
+    settings = dict(steps=steps, cfg=cfg, sampler=sampler, **({"num_frames": num_frames} if num_frames else {}))
+    video = _sample(pipe, kwargs, len(labels), settings,
                     seed, batch_size, progress)
     result = summarize(list(video), labels, palette)
     if given is not None:
@@ -84,6 +86,7 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     result["settings"] = {"checkpoint": str(path), "conditioning": "text" if "prompt" in kwargs else "labels",
                           "image_to_video": image_to_video, "per_class": per_class, "steps": steps,
                           "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed,
+                          "frames": int(video.shape[2]),
                           **({"palette": {k: list(v) for k, v in palette.items()}} if palette else {})}
     return result
 
