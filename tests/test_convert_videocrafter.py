@@ -509,8 +509,8 @@ def test_the_image_to_video_layout_maps_every_key_both_ways():
         "tokens", 1280, 16, 4, 1024, 12, 64, 1.0)
     assert info["conditions"]["image"] is True
     assert len(out) == len(unet_sd) + len(proj)
-    cfg = load_config(data={"model": m, "conditions": info["conditions"],
-                            "data": {"dataset": "folder", "root": "x", "size": 64, "frames": 16}})
+    cfg = load_config(data={"model": m, "conditions": info["conditions"],  # a checkpoint's: no image.encoder
+                            "data": {"dataset": "folder", "root": "x", "size": 64, "frames": 16}}, checkpoint=True)
     expected = model_on_meta(cfg, 4).state_dict()
     assert set(out) == set(expected) and all(tuple(out[k].shape) == tuple(expected[k].shape) for k in expected)
     k = "transformer_blocks.0.attn2.to_v_ip.weight"

@@ -70,17 +70,22 @@ def test_a_self_conditioned_walt_trains_and_samples_through_the_run_loop(tmp_pat
     assert seen[0].abs().sum() == 0 and seen[1].abs().sum() > 0  # zeros first, then the previous estimate
 
 
-def test_conditions_training_cannot_build_yet_are_refused_before_compute(tmp_path):
-    """VideoCrafter's image tokens come from an image encoder training does not run (low_res and noise_level,
-    refused here before, are built now: tests/test_upsampler.py)."""
-    from moviola.config import ConfigError
-    from moviola.training.trainer import Trainer
+def test_a_condition_training_cannot_build_is_refused_before_compute(tmp_path, monkeypatch):
+    """Training builds every condition a config can ask for now (VideoCrafter's image tokens were the last:
+    tests/test_videocrafter_clip.py). The refusal stays for the next one, checked here by taking labels off the
+    built list."""
+    from moviola.config import ConditionsConfig, ConfigError
+    from moviola.training import trainer as trainer_module
+    from moviola.training.trainer import BUILT_CONDITIONS, Trainer
 
-    cfg = load_config(overrides=["model.family=videocrafter", "model.block_out_channels=[16,32]",
-                                 "model.layers_per_block=1", "model.num_heads=2", "model.norm_num_groups=8",
-                                 "model.image_encoder=tokens", "model.image_token_dim=8", "conditions.text_channels=24",
-                                 "conditions.image=true", "autoencoder.kind=identity", "data.size=32", "data.frames=4",
-                                 "data.count=4", "train.device=cpu"])
-    with pytest.raises(ConfigError, match=r"cannot build the condition\(s\) \['image'\]"):
+    every = ConditionsConfig(num_classes=2, text_channels=8, context_frames=True, image=True, fps=True, low_res=True,
+                             noise_level=True, self_cond=0.5).wanted()
+    assert set(every) <= set(BUILT_CONDITIONS)
+    monkeypatch.setattr(trainer_module, "BUILT_CONDITIONS", tuple(c for c in BUILT_CONDITIONS if c != "labels"))
+    cfg = load_config(overrides=[
+        "model.family=walt", "model.hidden_size=16", "model.depth=2", "model.num_heads=2", "model.pos_grid=[4,32,32]",
+        "conditions.num_classes=48", "data.size=32", "data.frames=4", "data.count=4", "train.device=cpu",
+        "autoencoder.kind=identity", "model.patch_size=8"])
+    with pytest.raises(ConfigError, match=r"cannot build the condition\(s\) \['labels'\]"):
         Trainer(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

@@ -227,7 +227,9 @@ def test_an_image_to_video_model_round_trips_through_a_checkpoint(tmp_path, mode
     cfg = run_cfg(*(f"model.{k}={v}" for k, v in branch.items()), f"model.image_encoder={mode}",
                   "model.image_scale_learnable=true", "model.image_scale=0.7", f"conditions.text_channels={TEXT}",
                   "conditions.fps=true", "data.size=8",
-                  *(["conditions.image=true", "conditions.context_frames=true"] if mode == "tokens" else
+                  # a new tokens config names its encoder (the directory is read only to encode images)
+                  *(["conditions.image=true", "conditions.context_frames=true", "image.encoder=clip-vision"]
+                    if mode == "tokens" else
                     ["conditions.context_frames=true", "model.image_concat=false"]))
     torch.manual_seed(0)
     i2v = perturb(VideoCrafter.from_config(cfg.model, cfg.conditions, C))

@@ -13,11 +13,12 @@ def load_model(path, weights: str = "ema", device="cpu"):
     return _load(path, weights=weights, device=device)
 
 
-def load_pipeline(path, weights: str = "ema", device=None):
-    """Autoencoder + denoiser + diffusion from a checkpoint; call it to generate videos."""
+def load_pipeline(path, weights: str = "ema", device=None, image_encoder=None):
+    """Autoencoder + denoiser + diffusion from a checkpoint; call it to generate videos. ``image_encoder``: where the
+    CLIP vision directory of a model that reads image tokens is on this machine (default: its ``image.encoder``)."""
     from moviola.pipelines.generate import load_pipeline as _load
 
-    return _load(path, weights=weights, device=device)
+    return _load(path, weights=weights, device=device, image_encoder=image_encoder)
 
 
 def load_autoencoder(path):

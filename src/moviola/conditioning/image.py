@@ -16,7 +16,10 @@ normalization, so the tokens then equal the model's on the processor's ``pixel_v
 
 :func:`image_encoder_fingerprint` hashes an encoder's content (config, weights, preprocessor config) for caches
 keyed by it, as ``conditioning.text.encoder_fingerprint`` does for text; :func:`build_image_encoder` is the
-factory (``kind``: ``"clip"`` or ``"none"``).
+factory (``kind``: ``"clip"`` or ``"none"``). :func:`build_image` is a run's encoder (``image.encoder``, for a run
+with ``conditions.image``), as ``conditioning.text.build_text`` is its text encoder: training encodes each clip's
+frame 0 with it, the pipeline the given first frame; :func:`check_image_encoder` checks the key and the token width
+against ``model.image_token_dim`` from the encoder's config alone, before any weights load.
 """
 from __future__ import annotations
 
@@ -263,6 +266,20 @@ class CLIPImageEncoder(nn.Module):
         return out.last_hidden_state.float()
 
 
+def image_encoder_width(path: "str | Path") -> int:
+    """The width of an encoder's tokens (its vision tower's hidden size), from its config alone: no weights loaded."""
+    import transformers
+
+    model_dir = resolve_image_encoder_path(path)
+    _vision_config(model_dir)  # a CLIP vision model, or refused by name
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()  # "you are using a clip model to instantiate clip_vision_model"
+    try:
+        return int(transformers.CLIPVisionConfig.from_pretrained(str(model_dir)).hidden_size)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+
+
 def build_image_encoder(kind: str, path: "Optional[str | Path]" = None,
                         device: "str | torch.device" = "cpu") -> Optional[CLIPImageEncoder]:
     """``"clip"``: a :class:`CLIPImageEncoder` from the local directory ``path``, on ``device``; ``"none"``:
@@ -279,6 +296,40 @@ def build_image_encoder(kind: str, path: "Optional[str | Path]" = None,
     raise ImageEncoderError(f"unknown image encoder kind {kind!r}; known: {', '.join(IMAGE_ENCODER_KINDS)}")
 
 
+def check_image_encoder(cfg) -> Path:
+    """The image encoder directory of a run config that conditions on image tokens, checked without loading weights:
+    ``image.encoder`` is set (``conditions.image`` needs it), is a CLIP vision model, and its token width is
+    ``model.image_token_dim``. Each failure is a one-line ConfigError naming the keys."""
+    from moviola.config import ConfigError
+
+    cfg.require_image_encoder()
+    try:
+        path = resolve_image_encoder_path(cfg.image.encoder)
+        width = image_encoder_width(path)
+    except ImageEncoderError as e:
+        raise ConfigError(f"image.encoder: {e}") from None
+    dim = getattr(cfg.model, "image_token_dim", None)
+    if width != dim:
+        raise ConfigError(f"model.image_token_dim={dim} but image.encoder {path} gives {width}-wide tokens: set "
+                          f"image.encoder to the encoder this model was trained with, or, for a new model, "
+                          f"model.image_token_dim={width}")
+    return path
+
+
+def build_image(cfg, device: "str | torch.device" = "cpu") -> Optional[CLIPImageEncoder]:
+    """The frozen image encoder of a run config that conditions on image tokens (``conditions.image``), on
+    ``device``; None for another run. Checked (:func:`check_image_encoder`) before its weights load."""
+    from moviola.config import ConfigError
+
+    if not cfg.conditions.image:
+        return None
+    path = check_image_encoder(cfg)
+    try:
+        return build_image_encoder("clip", path, device)
+    except ImageEncoderError as e:
+        raise ConfigError(f"image.encoder: {e}") from None
+
+
 __all__: Sequence[str] = ["CLIPImageEncoder", "CLIP_MEAN", "CLIP_STD", "IMAGE_ENCODER_KINDS", "ImageEncoderError",
-                          "ImagePreprocessor", "build_image_encoder", "check_images", "image_encoder_fingerprint",
-                          "resolve_image_encoder_path"]
+                          "ImagePreprocessor", "build_image", "build_image_encoder", "check_image_encoder", "check_images",
+                          "image_encoder_fingerprint", "image_encoder_width", "resolve_image_encoder_path"]

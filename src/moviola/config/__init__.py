@@ -13,10 +13,10 @@ from moviola.config.loader import (absolute_paths, build_config, config_from_jso
 from moviola.config.models import (LATTE_LAYOUTS, LATTE_SIZES, MODEL_CONFIGS, VIDEO_LDM_SIZES, VIDEOCRAFTER_SIZES,
                                    WALT_SIZES, LatteConfig, ModelDims, UNetDims, VideoCrafterConfig, VideoLDMConfig,
                                    WaltConfig)
-from moviola.config.run import (ConditionsConfig, DataConfig, ShapesPalette, DiffusionConfig, RunConfig, SampleConfig, TextConfig,
-                                TrainConfig)
+from moviola.config.run import (ConditionsConfig, DataConfig, ShapesPalette, DiffusionConfig, ImageConfig, RunConfig,
+                                SampleConfig, TextConfig, TrainConfig)
 
-__all__ = ["AutoencoderConfig", "ConditionsConfig", "ConfigError", "DataConfig", "ShapesPalette", "DiffusionConfig", "LATTE_LAYOUTS",
+__all__ = ["AutoencoderConfig", "ConditionsConfig", "ConfigError", "DataConfig", "ShapesPalette", "DiffusionConfig", "ImageConfig", "LATTE_LAYOUTS",
            "LATTE_SIZES", "LatteConfig", "MODEL_CONFIGS", "ModelDims", "RunConfig", "SampleConfig", "TextConfig",
            "TrainConfig", "VAELossConfig", "UNetDims", "VIDEO_LDM_SIZES", "VideoLDMConfig", "VIDEOCRAFTER_SIZES", "VideoCrafterConfig",
            "WALT_SIZES", "WaltConfig", "absolute_paths",

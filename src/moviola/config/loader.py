@@ -136,8 +136,11 @@ def build_config(tree: dict, source: str = "config") -> RunConfig:
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None,
-                data: Optional[dict] = None) -> RunConfig:
-    """Read a YAML (or JSON) run config, apply ``key=value`` overrides, validate."""
+                data: Optional[dict] = None, checkpoint: bool = False) -> RunConfig:
+    """Read a YAML (or JSON) run config, apply ``key=value`` overrides, validate. A new run that conditions on image
+    tokens names its image encoder (``RunConfig.require_image_encoder``); the config of a checkpoint need not
+    (``checkpoint=True``, what a converter writes, and :func:`config_from_json`): one converted from the official
+    weights takes its tokens from the Python API."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -159,11 +162,13 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
             _set_path(command_line, *parse_override(item))
         for key, value in leaves(migrate(command_line, "--set")).items():
             _set_path(tree, key, value)
-    return absolute_paths(from_dict(RunConfig, tree)).validate()
+    cfg = absolute_paths(from_dict(RunConfig, tree)).validate()
+    # a new run makes its image tokens from pixels: it names the encoder (a checkpoint's config need not)
+    return cfg if checkpoint else cfg.require_image_encoder()
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Make ``autoencoder.path``, ``data.root``, a text encoder's directory and the perceptual loss's weight files
+    """Make ``autoencoder.path``, ``data.root``, a text or image encoder's directory and the perceptual loss's weight files
     absolute (relative to the working directory),
     so the config saved beside a checkpoint finds them from any directory."""
     ae, data = cfg.autoencoder, cfg.data
@@ -176,11 +181,14 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
         text = dataclasses.replace(text, encoder=str(Path(text.encoder).expanduser().absolute()))
     if text.cache_dir:
         text = dataclasses.replace(text, cache_dir=str(Path(text.cache_dir).expanduser().absolute()))
+    image = cfg.image
+    if image.encoder and Path(image.encoder).expanduser().exists():
+        image = dataclasses.replace(image, encoder=str(Path(image.encoder).expanduser().absolute()))
     vae = cfg.vae
     if vae.perceptual_weights:
         vae = dataclasses.replace(vae, perceptual_weights=tuple(str(Path(p).expanduser().absolute())
                                                                 for p in vae.perceptual_weights))
-    return dataclasses.replace(cfg, autoencoder=ae, data=data, text=text, vae=vae)
+    return dataclasses.replace(cfg, autoencoder=ae, data=data, text=text, image=image, vae=vae)
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:

@@ -33,7 +33,12 @@ class ConditionsConfig:
     # keyframes: every 4th frame, 0, 4, 8, ... (Video LDM's interpolation model, T -> 4T)
     context_mode: Literal["first", "prefix", "ends", "prefix2", "keyframes", "any"] = "first"
     context_dropout: float = 0.1  # train with no frame given
-    image: bool = False  # image tokens from an image encoder (VideoCrafter 1's image-to-video)
+    # image tokens from the run's frozen image encoder (image.encoder: CLIP) of each clip's frame 0, through
+    # VideoCrafter's resampler (model.image_encoder=tokens: VideoCrafter1's image-to-video)
+    image: bool = False
+    # train with the null image (all-zero tokens), drawn per example independently of the other dropouts, as
+    # text_dropout and context_dropout are: guidance's null branch (the empty prompt and no image) is then trained
+    # on text_dropout × image_dropout of the examples (1 % at the defaults); raise both for stronger guidance
     image_dropout: float = 0.1
     # the clip's frame rate, data.fps / its frame stride (data/strides.py), embedded and added to the timestep's
     # (VideoCrafter's fps_cond); never dropped in training (not a guidance target). Sampling: pipe(fps=...)
@@ -73,6 +78,19 @@ class TextConfig:
     layer: Literal["last", "penultimate"] = "last"  # which hidden states are the token embeddings
     cache: bool = True  # keep embeddings of every prompt on disk, keyed by encoder content and prompt
     cache_dir: Optional[str] = None  # default $MOVIOLA_CACHE or ~/.cache/moviola
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The frozen image encoder of an image-token run (``conditions.image``, VideoCrafter's
+    ``model.image_encoder: tokens``): training encodes each clip's frame 0 with it, ``pipe(image=...)`` the given
+    first frame (conditioning/image.py)."""
+
+    # a local transformers CLIP vision directory (CLIPVisionModel[WithProjection], a whole CLIPModel, or a
+    # diffusers pipeline root with image_encoder/); its tokens are all of its last layer's, so its hidden size
+    # must be model.image_token_dim. null: no image encoder (conditions.image needs one to train or to sample
+    # from an image; a model fed Conditioning.image_tokens from the Python API needs none)
+    encoder: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +248,7 @@ class RunConfig:
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # (a config saved before this section: no encoder)
     vae: VAELossConfig = field(default_factory=VAELossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -276,6 +295,7 @@ class RunConfig:
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be positive (got {t.lr})")
         self._validate_conditions()
+        self._validate_image_encoder()
         if self.text.max_length < 2:
             raise ConfigError(f"text.max_length must be at least 2 (got {self.text.max_length})")
         if d.use_image_num < 0:
@@ -352,6 +372,28 @@ class RunConfig:
             raise ConfigError(f"the {family} family does not take the condition(s) {missing} (conditions.*); "
                               f"it takes {sorted(takes)}")
         self._validate_upsampler()
+
+    def _validate_image_encoder(self) -> None:
+        """An image encoder is named only for a run that conditions on image tokens. (That such a run names one is
+        :meth:`require_image_encoder`, asked where tokens are made from images: a new config, training, sampling
+        from an image. A checkpoint converted from the official weights, or fed tokens from the Python API, has
+        none.)"""
+        encoder = self.image.encoder
+        if encoder is not None and not encoder.strip():
+            raise ConfigError("image.encoder is empty: give the local directory of a transformers CLIP vision model, "
+                              "or null for none")
+        if encoder is not None and not self.conditions.image:
+            raise ConfigError(f"image.encoder={encoder} is set but conditions.image is false: the encoder's tokens "
+                              "condition a model only with conditions.image=true (and model.image_encoder=tokens); "
+                              "set it, or remove image.encoder")
+
+    def require_image_encoder(self) -> "RunConfig":
+        """``conditions.image`` needs ``image.encoder``, wherever image tokens are made from pixels; returns self."""
+        if self.conditions.image and self.image.encoder is None:
+            raise ConfigError("conditions.image=true needs image.encoder: the local directory of a transformers CLIP "
+                              "vision model whose token width is model.image_token_dim (tokens are made from each "
+                              "clip's first frame)")
+        return self
 
     def _validate_upsampler(self) -> None:
         """The low-resolution input (conditions.low_res), its noise levels and the patch crop (train.crop): sizes

@@ -19,6 +19,11 @@ An upsampler's run (``conditions.low_res``, ``low_res_factor=f``) also keeps eac
 the clip area-downsampled by f (``data/transforms.area_downsample``), encoded by the same autoencoder, stored as
 ``low_latent`` in the same file, so a cached item is ``{"latent", "low_latent", ...}``.
 
+A run with image tokens (``conditions.image``: VideoCrafter's frozen CLIP encoder, ``image.encoder``) likewise keeps
+the encoder's tokens of each clip's frame 0 (pixels in [-1, 1]) as ``image_tokens`` (N, D), float32, beside the
+latent; the key then includes the encoder's content fingerprint (``image_encoder_fingerprint``), and only then, so
+every other cache keeps its key.
+
 A file found unusable only when read (a webm too short for a clip) is read once, while the cache is
 filled: item ``i`` then holds the next usable item, as ``dataset[i]`` would. What the filling found
 is kept beside the latents (``skipped.json``, file -> reason) and given back to the wrapped dataset
@@ -72,16 +77,20 @@ def dataset_fingerprint(data_cfg: dict, dataset: Dataset, low_res_factor: int = 
 
 class LatentCache(Dataset):
     """``dataset[i]`` with ``video`` replaced by ``latent`` (c, t, h, w), encoded once, cached on disk; with
-    ``low_res_factor`` f > 0 also ``low_latent`` (c, t, h/f, w/f), the clip's encoding area-downsampled by f."""
+    ``low_res_factor`` f > 0 also ``low_latent`` (c, t, h/f, w/f), the clip's encoding area-downsampled by f; with
+    an ``image_encoder`` (a frozen CLIP: conditioning/image.py) also ``image_tokens`` (N, D), its tokens of frame 0."""
 
     def __init__(self, dataset: Dataset, autoencoder, data_cfg: dict, cache_dir: Optional[str] = None,
-                 device: "str | torch.device" = "cpu", low_res_factor: int = 0):
+                 device: "str | torch.device" = "cpu", low_res_factor: int = 0, image_encoder=None):
         from moviola.conditioning.text import default_cache_dir
 
         self.dataset, self.autoencoder, self.device = dataset, autoencoder, torch.device(device)
         self.low_res_factor = int(low_res_factor)
-        key = hashlib.sha256((autoencoder_fingerprint(autoencoder)
-                              + dataset_fingerprint(data_cfg, dataset, self.low_res_factor)).encode())
+        self.image_encoder = image_encoder
+        parts = autoencoder_fingerprint(autoencoder) + dataset_fingerprint(data_cfg, dataset, self.low_res_factor)
+        if image_encoder is not None:  # items with image tokens (only then in the key: old caches keep theirs)
+            parts += "\0image-tokens\0" + image_encoder.fingerprint
+        key = hashlib.sha256(parts.encode())
         self.dir = Path(cache_dir or default_cache_dir()) / "latents" / key.hexdigest()[:32]
         self.encoded = 0  # items this process encoded (the rest came from disk)
         self._recorded: dict[str, str] = self._read_skipped()
@@ -106,9 +115,10 @@ class LatentCache(Dataset):
         for start in bar:
             idx = missing[start:start + batch_size]
             raws = [self.dataset[i] for i in idx]
-            latents, lows = self._encode(torch.stack([r["video"] for r in raws]))
+            latents, lows, tokens = self._encode(torch.stack([r["video"] for r in raws]))
             for k, (i, raw) in enumerate(zip(idx, raws)):
-                self._store(i, latents[k], raw, None if lows is None else lows[k])
+                self._store(i, latents[k], raw, None if lows is None else lows[k],
+                            None if tokens is None else tokens[k])
         self._record_skipped()
         return len(missing)
 
@@ -135,17 +145,20 @@ class LatentCache(Dataset):
             pass  # like a latent: a read-only cache costs a count in later runs, not this run
 
     @torch.no_grad()
-    def _encode(self, videos: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Latents of pixel clips (B, 3, T, H, W), and of the clips area-downsampled by low_res_factor (or None)."""
+    def _encode(self, videos: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Latents of pixel clips (B, 3, T, H, W); those of the clips area-downsampled by low_res_factor (or None);
+        the image encoder's tokens of each clip's frame 0 (B, N, D) (or None)."""
         from moviola.data.transforms import area_downsample
 
         videos = videos.to(self.device)
         latents = self.autoencoder.encode(videos).float().cpu()
-        if not self.low_res_factor:
-            return latents, None
-        return latents, self.autoencoder.encode(area_downsample(videos, self.low_res_factor)).float().cpu()
+        lows = (self.autoencoder.encode(area_downsample(videos, self.low_res_factor)).float().cpu()
+                if self.low_res_factor else None)
+        tokens = self.image_encoder(videos[:, :, 0]).float().cpu() if self.image_encoder is not None else None
+        return latents, lows, tokens
 
-    def _store(self, index: int, latent: torch.Tensor, raw: dict, low: Optional[torch.Tensor] = None) -> dict:
+    def _store(self, index: int, latent: torch.Tensor, raw: dict, low: Optional[torch.Tensor] = None,
+               tokens: Optional[torch.Tensor] = None) -> dict:
         from safetensors.torch import save_file
 
         self.encoded += 1
@@ -154,6 +167,9 @@ class LatentCache(Dataset):
         if low is not None:  # an upsampler's low-resolution latent
             item["low_latent"] = low
             tensors["low_latent"] = low.contiguous()
+        if tokens is not None:  # the image encoder's tokens of frame 0
+            item["image_tokens"] = tokens
+            tensors["image_tokens"] = tokens.contiguous()
         if "stride" in raw:  # the clip's frame stride (data.frame_strides)
             item["stride"] = int(raw["stride"])
             tensors["stride"] = torch.tensor(item["stride"], dtype=torch.int64)
@@ -185,12 +201,15 @@ class LatentCache(Dataset):
                     raise KeyError("stride")  # a clip's stride is part of its item: encode it again
                 if self.low_res_factor:
                     item["low_latent"] = stored["low_latent"]  # missing: a KeyError, encoded again
+                if self.image_encoder is not None:
+                    item["image_tokens"] = stored["image_tokens"]  # likewise
             except (SafetensorError, KeyError, ValueError, OSError, RuntimeError):
                 item = None  # damaged: encode again
         if item is not None:
             return item
         raw = self.dataset[index]
-        latents, lows = self._encode(raw["video"][None])
-        item = self._store(index, latents[0], raw, None if lows is None else lows[0])
+        latents, lows, tokens = self._encode(raw["video"][None])
+        item = self._store(index, latents[0], raw, None if lows is None else lows[0],
+                           None if tokens is None else tokens[0])
         self._record_skipped()
         return item

@@ -70,8 +70,8 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
                          f"(it has {getattr(pipe.model, 'num_classes', 0)} classes and takes no text)")
     given = None
     if image_to_video:
-        if "context" not in pipe.accepts:
-            raise ValueError(f"{path} was trained without context frames: it cannot take a first frame")
+        if "context" not in pipe.accepts and "image_tokens" not in pipe.accepts:
+            raise ValueError(f"{path} was trained without context frames or image tokens: it cannot take a first frame")
         d = pipe.config.data
         test = MovingShapes(split="test", count=NUM_CLASSES * per_class, size=d.size, frames=d.frames,
                             seed=d.seed, bounce=d.bounce, cache=False, palette=palette)

@@ -734,7 +734,7 @@ def convert_videocrafter(src: Union[str, Path], out_dir: Union[str, Path], vae: 
     if text_encoder is not None:
         tree["text"] = {"encoder": str(Path(text_encoder).absolute()), "max_length": 77, "layer": "penultimate"}
     try:
-        cfg = load_config(data=tree)
+        cfg = load_config(data=tree, checkpoint=True)  # (VC1 I2V: no image.encoder, its OpenCLIP is not converted)
     except ConfigError as e:
         raise CheckpointError(f"this VideoCrafter checkpoint cannot be converted: {str(e).splitlines()[0]}") from None
     if notes is not None:

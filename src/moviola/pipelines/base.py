@@ -37,6 +37,14 @@ The diffusion section's sampling keys apply to every call: ``diffusion.timestep_
 (which timesteps the steps visit), ``final_alpha`` (where the last step lands) and ``x0_scale`` (VideoCrafter's
 ``use_scale``, mirrored by the ddim and dpm++2m samplers; ddpm is refused with it).
 
+Image tokens (a VideoCrafter model with ``model.image_encoder: tokens``, trained with ``conditions.image``):
+``image=`` (frame 0) is also encoded by the run's frozen image encoder (``image.encoder``, a local CLIP vision
+model: conditioning/image.py), as training encoded each clip's frame 0 — the image first resized and cropped to the
+video's frame, as for the context frame — into ``image_tokens``; the null branch of guidance gets all-zero tokens
+(the null image, training's ``conditions.image_dropout``), the conditional branch of context guidance keeps them.
+Such a model without context frames takes frame 0 only; without ``image=`` it gets no image (the text-only
+model). The encoder loads on first use (``load_pipeline`` checks its directory and token width at once).
+
 Given frames (a model with context frames): ``image=`` is frame 0 (image-to-video); ``frames=``
 maps any frame index to an image (prediction from a first frame, interpolation between the ends,
 any keyframes). An image is resized to cover the frame size keeping its aspect ratio, then
@@ -93,8 +101,9 @@ import torch
 
 from moviola.autoencoders import Autoencoder
 from moviola.conditioning import Conditioning
+from moviola.conditioning.image import build_image
 from moviola.conditioning.text import build_text
-from moviola.config import RunConfig
+from moviola.config import ConfigError, RunConfig
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.samplers import NO_SCALED_DDPM
 from moviola.diffusion.schedule import randn
@@ -107,6 +116,9 @@ from moviola.utils import resolve_device
 ImageLike = Union[str, Path, torch.Tensor]
 WRITE_FPS = 8.0  # the rate videos of a model without the fps condition are written at (Moving Shapes' files)
 UNGUIDED = ("fps", "low_res", "noise_level")  # conditions that are no guidance target: every branch keeps them
+# what to do when a checkpoint's image encoder (image.encoder) is not set or not on this machine
+IMAGE_ENCODER_HINT = ("give the CLIP vision directory this model was trained with: load_pipeline(..., image_encoder=DIR), "
+                      "or set image.encoder in the checkpoint's config.json")
 
 
 @dataclass
@@ -123,13 +135,14 @@ class Conditions:
 
 class Pipeline:
     def __init__(self, model: torch.nn.Module, autoencoder: Autoencoder, schedule: NoiseSchedule,
-                 config: RunConfig, device: Union[str, torch.device, None] = None, text=None):
+                 config: RunConfig, device: Union[str, torch.device, None] = None, text=None, image_encoder=None):
         self.device = resolve_device("auto" if device is None else device)
         self.model = model.to(self.device).eval()
         self.autoencoder = autoencoder.to(self.device).eval()
         self.schedule = schedule
         self.config = config
         self._text = text  # a TextEmbedder; built from the config on first use when None
+        self._image_encoder = image_encoder  # a CLIPImageEncoder (image tokens); likewise
 
     @property
     def accepts(self) -> frozenset:
@@ -151,6 +164,16 @@ class Pipeline:
         if self._text is None:
             self._text = build_text(self.config, self.device)
         return self._text
+
+    @property
+    def image_encoder(self):
+        """The frozen image encoder of a model that reads image tokens (``image.encoder``), loaded on first use."""
+        if self._image_encoder is None:
+            try:
+                self._image_encoder = build_image(self.config, self.device)
+            except ConfigError as e:
+                raise ConfigError(f"{e}; {IMAGE_ENCODER_HINT}") from None
+        return self._image_encoder
 
     # ---------------------------------------------------------------- step 1: conditions
     def conditions(self, n: int, num_frames: int, height: int, width: int, labels: Optional[Sequence[int]] = None,
@@ -193,12 +216,17 @@ class Pipeline:
             raise ValueError("this is a text-to-video model: pass a prompt (\"\" for an unconditional sample)")
         elif negative_prompt is not None:
             raise ValueError("a negative prompt needs a prompt")
-        if frames:
+        tokens = None
+        if frames and "image_tokens" in self.accepts:  # checked (and the encoder loaded) before the frames encode
+            tokens = self._image_token_conditioning(frames, n, num_frames, height, width)
+        if frames and ("context" in self.accepts or tokens is None):
             given, given_null = self._frame_conditioning(frames, n, num_frames, height, width)
             # with a prompt or a class, guidance is on those and the unconditional branch keeps the frames
             # (trained whenever the caption or class is dropped and the frames are not: p·(1 − p_ctx) of
             # the batches, against p·p_ctx for nulling both); with nothing else, guidance is on the frames
             parts.append((given, given if parts else given_null))
+        if tokens is not None:  # frame 0's image tokens; the null branch gets zeros (the null image)
+            parts.append(tokens)
         cond, uncond = _merge([p[0] for p in parts]), _merge([p[1] for p in parts])
         if rate is not None:  # not a guidance target: the null keeps it (Conditioning.null)
             cond.fps, uncond.fps = rate, rate.clone()
@@ -383,6 +411,30 @@ class Pipeline:
         else:
             raise TypeError(f"image must be a file path or a (3, H, W) tensor, got {type(image).__name__}")
         return resize_and_crop(frame[:, None], (height, width))[:, 0].clamp(-1, 1)  # (3, H, W)
+
+    def _image_token_conditioning(self, frames: Mapping[int, Sequence[ImageLike]], n: int, num_frames: int, H: int,
+                                  W: int) -> Optional[tuple[Conditioning, Conditioning]]:
+        """The image encoder's tokens of the given frame 0 (n, N, D), as training encoded each clip's frame 0 at the
+        frame size, and zeros for the null; None when frame 0 is not given (no image: the null image)."""
+        first = [index for index in frames if index % num_frames == 0 and -num_frames <= index < num_frames]
+        if "context" not in self.accepts:  # the tokens are its only way to take a frame: frame 0 alone
+            other = [index for index in frames if index not in first]
+            if other:
+                raise ValueError(f"this model takes the first frame only (image=, as its image tokens; it was trained "
+                                 f"without context frames: conditions.context_frames), got frame {other[0]}")
+        if not first:
+            return None
+        if len(first) > 1:
+            raise ValueError(f"frame 0 is given twice (as {first[0]} and {first[1]}; image= is frame 0)")
+        images = frames[first[0]]
+        if len(images) not in (1, n):
+            raise ValueError(f"{len(images)} images for {n} videos: give one image, or one per video")
+        pixels = torch.stack([self.prepare_image(im, H, W) for im in images])  # (m, 3, H, W) in [-1, 1]
+        encoder = self.image_encoder  # loaded now (or refused: no image.encoder, another token width)
+        with torch.no_grad():
+            tokens = encoder(pixels.to(self.device)).float().cpu()  # (m, N, D)
+        tokens = tokens.expand(n, *tokens.shape[1:]).clone()
+        return Conditioning(image_tokens=tokens), Conditioning(image_tokens=torch.zeros_like(tokens))
 
     def _latent_index(self, index: int, num_frames: int) -> int:
         """The latent frame a given pixel frame becomes; only frame 0 of a causal VAE is encoded alone."""

@@ -60,6 +60,8 @@ def collate(items: list[dict]) -> dict:
     out = {key: torch.stack([it[key] for it in items])}
     if "low_latent" in items[0]:  # an upsampler's low-resolution latents, cached beside the latents
         out["low_latent"] = torch.stack([it["low_latent"] for it in items])
+    if "image_tokens" in items[0]:  # the image encoder's tokens of each clip's frame 0, cached beside the latents
+        out["image_tokens"] = torch.stack([it["image_tokens"] for it in items])
     if "label" in items[0]:
         out["label"] = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
     out["caption"] = [it.get("caption", "") for it in items]

@@ -10,7 +10,14 @@ by ``conditions.low_res_factor`` and encoded by the same autoencoder (cached bes
 [0, ``conditions.noise_level_max``] (noise-conditioning augmentation), and the model is told the level.
 ``train.crop`` trains on random crop×crop windows of the latents (patch training, for a family whose weights
 serve any frame size), the low-resolution latent cropped at the matching window. Their draws come after
-every other draw of the step, so runs without them keep their batches bit for bit. ``Trainer`` is the run loop with
+every other draw of the step, so runs without them keep their batches bit for bit.
+
+Image tokens (``conditions.image``, VideoCrafter's ``model.image_encoder: tokens``): the run's frozen image encoder
+(``image.encoder``, a local CLIP vision model: conditioning/image.py) encodes each clip's frame 0 (its pixels in
+[-1, 1]; with ``data.latent_cache`` the tokens cached beside the latent) into ``cond.image_tokens``, without
+gradients, and ``conditions.image_dropout`` replaces an example's tokens by zeros (the null image), drawn after the
+upsampler's draws: the last draw of the step, so every run without image tokens keeps its batches. A joint batch's
+single images hear no image (the model zeroes their tokens). ``Trainer`` is the run loop with
 this task; the names tests and scripts import from here (``TrainingDiverged``, ``batch_indices``,
 ``collate``, ``lr_at``, ...) stay importable.
 """
@@ -27,6 +34,7 @@ import torch
 from moviola.autoencoders import build_autoencoder
 from moviola.conditioning import Conditioning
 from moviola.conditioning.context import context_mask
+from moviola.conditioning.image import build_image
 from moviola.conditioning.text import build_text
 from moviola.config import ConfigError, autoencoder_spatial_factor, config_from_json, to_dict
 from moviola.data import check_data
@@ -103,7 +111,7 @@ def _copy_input_groups(model: torch.nn.Module, new: torch.Tensor, old: torch.Ten
 
 
 # the conditions DiffusionTask draws for a training batch (ConditionsConfig.wanted() names)
-BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps", "low_res", "noise_level")
+BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps", "low_res", "noise_level", "image")
 
 
 class Draws(NamedTuple):
@@ -111,6 +119,7 @@ class Draws(NamedTuple):
 
     labels_kept: torch.Tensor  # (B,) bool: the label was not dropped for guidance
     self_cond: Optional[torch.Tensor]  # (B,) bool: trained on its own x0 estimate (conditions.self_cond), or None
+    image_kept: Optional[torch.Tensor] = None  # (B,) bool: the image tokens were not dropped (conditions.image)
 
 
 class DiffusionTask(Task):
@@ -134,6 +143,8 @@ class DiffusionTask(Task):
                               "autoencoder: train one first (moviola train-vae) and set autoencoder.path to its export")
         self._check_crop()
         self.text = build_text(cfg, self.device)  # None for a model without text
+        # the frozen image encoder of a run with image tokens (None without): its key and width checked before it loads
+        self.image_encoder = build_image(cfg, self.device)
 
     def _check_crop(self) -> None:
         """train.crop trains the whole frame only where the same weights serve any frame size (the model class's
@@ -187,7 +198,8 @@ class DiffusionTask(Task):
         from moviola.data.latent_cache import LatentCache
 
         self.dataset = LatentCache(self.dataset, self.autoencoder, to_dict(cfg)["data"], device=self.device,
-                                   low_res_factor=cfg.conditions.low_res_factor if cfg.conditions.low_res else 0)
+                                   low_res_factor=cfg.conditions.low_res_factor if cfg.conditions.low_res else 0,
+                                   image_encoder=self.image_encoder)
         filled = self.dataset.fill(cfg.train.batch_size, progress=not self.quiet)  # batched: fast
         if filled:
             self.log(f"latent cache: encoded {filled} clips into {self.dataset.dir}")
@@ -227,7 +239,25 @@ class DiffusionTask(Task):
             cond.low_res, cond.noise_level = self._augment_low_res(g, low)
         if self.cfg.train.crop:
             x0, noise, cond = self._crop(g, x0, noise, cond)
-        return x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype), Draws(keep, use)
+        # the image tokens' dropout is the last draw of all, so every run without image tokens keeps its batches
+        image_kept = None
+        if self.cfg.conditions.image:
+            cond.image_tokens, image_kept = self._image_tokens(g, batch, B)
+        return (x0, cond.to(self.device), t.to(self.device), noise.to(self.device, x0.dtype),
+                Draws(keep, use, image_kept))
+
+    def _image_tokens(self, g: torch.Generator, batch: dict, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen image encoder's tokens of each clip's frame 0 (B, N, D) float32 (cached ones with
+        data.latent_cache), all zeros (the null image) where conditions.image_dropout drops them (drawn from ``g``),
+        and which were kept (B,) bool."""
+        keep = torch.rand(batch_size, generator=g) >= self.cfg.conditions.image_dropout
+        if "image_tokens" in batch:  # encoded once, cached beside the latent
+            tokens = batch["image_tokens"].to(self.device, torch.float32)
+        else:
+            with torch.no_grad():  # frozen (CLIPImageEncoder.forward is no_grad too)
+                tokens = self.image_encoder(batch["video"][:, :, 0].to(self.device)).float()
+        tokens = torch.where(keep.to(tokens.device)[:, None, None], tokens, torch.zeros((), device=tokens.device))
+        return tokens, keep
 
     def _latents(self, step: int, batch: dict
                  ) -> tuple[torch.Tensor, Optional[torch.Tensor], int, Optional[torch.Tensor]]:
@@ -394,7 +424,7 @@ class DiffusionTask(Task):
         from moviola.pipelines.base import Pipeline
 
         pipe = Pipeline(self.ema.model, self.autoencoder, self.schedule, self.cfg, device=self.device,
-                        text=self.text)
+                        text=self.text, image_encoder=self.image_encoder)
         labels = [int(i * NUM_CLASSES / n) for i in range(n)]
         if self.text is not None:
             video = pipe(prompt=[caption(*label_to_attributes(y)) for y in labels], steps=self.cfg.train.sample_steps, seed=0)
