@@ -21,6 +21,17 @@ from moviola.conditioning import Conditioning
 STAGES = ("all", "temporal", "spatial")
 
 
+def stage_parameters(model: nn.Module, stage: str, is_temporal) -> list[nn.Parameter]:
+    """``parameter_groups``' common part: every parameter for ``all``, else those whose name ``is_temporal(name)``
+    says belong to ``stage`` (``temporal``) or not (``spatial``); another stage is a ValueError."""
+    if stage == "all":
+        return list(model.parameters())
+    if stage not in ("temporal", "spatial"):
+        raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
+    temporal = stage == "temporal"
+    return [p for name, p in model.named_parameters() if bool(is_temporal(name)) == temporal]
+
+
 @runtime_checkable
 class Denoiser(Protocol):
     family: ClassVar[str]  # the model.family that builds it

@@ -25,6 +25,7 @@ from torch import nn
 
 from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig
+from moviola.models.base import stage_parameters
 from moviola.nn import LabelEmbedder, text_tokens
 from moviola.nn.unet import TimestepEmbedding, UNet2D, timestep_features
 
@@ -109,12 +110,7 @@ class UNetVideoModel(nn.Module):
 
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
         """``all``; ``temporal``: the family's temporal modules; ``spatial``: the rest (the image model)."""
-        if stage == "all":
-            return list(self.parameters())
-        if stage not in ("temporal", "spatial"):
-            raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
-        temporal = stage == "temporal"
-        return [p for name, p in self.named_parameters() if self.is_temporal(name) == temporal]
+        return stage_parameters(self, stage, self.is_temporal)
 
     @classmethod
     def is_temporal(cls, name: str) -> bool:

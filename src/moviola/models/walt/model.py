@@ -27,6 +27,7 @@ from torch import nn
 
 from moviola.conditioning import Conditioning, check_accepted
 from moviola.config import ConditionsConfig, WaltConfig
+from moviola.models.base import stage_parameters
 from moviola.models.walt.blocks import Text, WaltBlock
 from moviola.nn import (AdaLNLoRA, AdaLNLoRAShared, ConcatKVAttention, CrossAttention, DepthToSpaceUpsample,
                         LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, masked_mean, resize_relative_table,
@@ -109,12 +110,7 @@ class Walt(nn.Module):
 
     def parameter_groups(self, stage: str) -> list[nn.Parameter]:
         """``all``; ``temporal``: the spatiotemporal-window layers (all their weights); ``spatial``: the rest."""
-        if stage == "all":
-            return list(self.parameters())
-        if stage not in ("temporal", "spatial"):
-            raise ValueError(f"stage must be 'all', 'temporal' or 'spatial', got {stage!r}")
-        temporal = stage == "temporal"
-        return [p for name, p in self.named_parameters() if (".spatiotemporal." in name) == temporal]
+        return stage_parameters(self, stage, lambda name: ".spatiotemporal." in name)
 
     # ------------------------------------------------------------------ initialization
     def initialize_weights(self) -> None:
