@@ -166,3 +166,23 @@ def test_a_variant_starts_from_the_weights_it_names(study_file, tmp_path):
     study_file.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="nowhere"):
         run_study(load_study(study_file), quiet=True, log=lambda m: None)
+
+
+def test_eval_frames_scores_videos_of_that_length(study_file, tmp_path, monkeypatch):
+    from moviola.eval import shapes_eval
+
+    lengths = []
+    real = shapes_eval.summarize
+    monkeypatch.setattr(shapes_eval, "summarize", lambda v, t, p=None: lengths.append(v[0].shape[1]) or real(v, t, p))
+    spec = yaml.safe_load(study_file.read_text())
+    spec["variants"] = {"v1": str(tmp_path / "base.yaml")}
+    spec["eval"].update(frames=3, val_clips=0)
+    study_file.write_text(yaml.safe_dump(spec))
+    out = run_study(load_study(study_file), quiet=True, log=lambda m: None)
+    assert lengths == [3] and out["variants"][0]["val"] is None
+    assert json.loads((tmp_path / "runs" / "v1" / "study_eval.json").read_text())["settings"]["frames"] == 3
+    assert "of 3 frames" in (tmp_path / "docs" / "README.md").read_text()
+    spec["eval"]["frames"] = 0
+    study_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="frames"):
+        load_study(study_file)

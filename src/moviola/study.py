@@ -39,7 +39,7 @@ from moviola.data import check_classes, known_classes
 from moviola.diffusion.samplers import SAMPLERS
 
 _TOP = ("name", "steps", "set", "variants", "eval", "runs_dir", "out_dir", "reading", "init_from")
-_EVAL = ("per_class", "steps", "cfg", "seed", "sampler", "val_clips")
+_EVAL = ("per_class", "steps", "cfg", "seed", "sampler", "val_clips", "frames")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class StudyEval:
     seed: int = 0
     sampler: str = "ddim"
     val_clips: int = 192  # the held-out denoising loss on this many test clips (eval/denoising.py); 0: none
+    frames: Optional[int] = None  # frames per scored video (None: each variant's data.frames); e.g. video
+    # samples from variants fine-tuned on single images
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,10 @@ def load_study(path: Union[str, Path]) -> Study:
     _check_keys(ev, _EVAL, f"{path}: eval")
     study_eval = StudyEval(**ev)
     if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in SAMPLERS or not (
-            isinstance(study_eval.val_clips, int) and study_eval.val_clips >= 0):
-        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1, val_clips >= 0 and a sampler of "
-                          f"{', '.join(SAMPLERS)}")
+            isinstance(study_eval.val_clips, int) and study_eval.val_clips >= 0) or not (
+            study_eval.frames is None or isinstance(study_eval.frames, int) and study_eval.frames >= 1):
+        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1, val_clips >= 0, frames >= 1 (or none) "
+                          f"and a sampler of {', '.join(SAMPLERS)}")
     return Study(name=name, steps=steps, variants=tuple(variants), set=_overrides(tree.get("set"), f"{path}: set"),
                  eval=study_eval, runs_dir=str(tree.get("runs_dir") or Path("runs") / "studies" / name),
                  out_dir=str(tree.get("out_dir") or Path("docs") / "studies" / name), source=str(path),
@@ -211,7 +214,8 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
     from moviola.io.checkpoint import list_checkpoints
 
     step = int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[-1])
-    settings = {**{k: v for k, v in dataclasses.asdict(study.eval).items() if k != "val_clips"}, "step": step}
+    settings = {**{k: v for k, v in dataclasses.asdict(study.eval).items()
+                   if k != "val_clips" and not (k == "frames" and v is None)}, "step": step}
     cache = run_dir / "study_eval.json"
     scores = None
     if cache.is_file():
@@ -223,7 +227,8 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
         t0 = time.perf_counter()
         e = study.eval
         r = evaluate_checkpoint(run_dir, per_class=e.per_class, steps=e.steps, cfg=e.cfg, sampler=e.sampler,
-                                seed=e.seed, device="cpu" if cfg.train.device == "auto" else cfg.train.device)
+                                seed=e.seed, device="cpu" if cfg.train.device == "auto" else cfg.train.device,
+                                num_frames=e.frames)
         scores = {split: r[split] for split in ("all", "seen", "holdout") if split in r}
         scores["seconds"] = time.perf_counter() - t0
         cache.write_text(json.dumps({"settings": settings, "scores": scores}, indent=2) + "\n")
@@ -292,7 +297,7 @@ def write_report(study: Study, out: dict) -> Path:
     e = study.eval
     lines = [f"# Study: {study.name}", "",
              f"{len(out['variants'])} variants, {study.steps} training steps each; scored by the Moving Shapes rules on "
-             f"{e.per_class} video(s) per class (48 classes; seen and the 8 hold-out combinations), "
+             f"{e.per_class} video(s) per class{f' of {e.frames} frames' if e.frames else ''} (48 classes; seen and the 8 hold-out combinations), "
              f"{e.sampler.upper()} {e.steps} steps, guidance {e.cfg if e.cfg is not None else 'of each config'}, "
              f"seed {e.seed}.", "",
              "| variant | params | final loss | held-out loss | − first (± 2 SE) | it/s | colour % | shape % | "
