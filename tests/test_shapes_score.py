@@ -137,3 +137,14 @@ def test_bfs_fallback_agrees_with_scipy(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)  # makes `from scipy import ...` raise ImportError
     assert [count_components(m) for m in masks] == with_scipy
     assert [shapes_score._count_components_bfs(m) for m in masks] == with_scipy
+
+
+def test_travel_per_frame_is_the_speed_of_real_clips():
+    """The rendered object moves S/32 pixels per frame, s times that at frame stride s."""
+    from moviola.data.shapes import MovingShapes
+    from moviola.eval.shapes_score import score_batch
+
+    for stride in (1, 2, 3):
+        data = MovingShapes(count=12, frames=7, stride=stride)
+        s = score_batch([data.clip(i)["video"] for i in range(12)], [data.clip(i)["label"] for i in range(12)])
+        assert abs(s["travel_per_frame_mean"] - stride) < 0.05 * stride, (stride, s["travel_per_frame_mean"])

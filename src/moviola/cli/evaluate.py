@@ -47,6 +47,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
     es.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
     es.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto: cuda, then mps, then cpu)")
+    es.add_argument("--fps", type=float, help="the frame-rate condition (a model trained with conditions.fps); the "
+                                              "scores' travel_per_frame_mean is the speed it gives")
     es.add_argument("--palette", action="append", metavar="WORD=R,G,B",
                     help="score a colour word against another RGB value (e.g. red=230,50,230: a personalized model "
                          "that draws red as magenta); repeatable. Default: the checkpoint's data.palette")
@@ -110,8 +112,10 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.checkpoint, per_class=args.per_class, steps=args.steps, cfg=args.cfg,
                                      sampler=args.sampler, seed=args.seed, device=args.device,
                                      image_to_video=args.image_to_video, progress=not args.quiet,
-                                     palette=palette, num_frames=args.frames)
+                                     palette=palette, num_frames=args.frames, fps=args.fps)
     else:
+        if args.fps is not None:
+            raise ValueError("--fps is a sampling condition (--checkpoint); a --videos folder is scored as it is")
         if args.frames is not None:
             raise ValueError("--frames sets how many frames a checkpoint samples (--checkpoint); a --videos folder's "
                              "files are scored as they are")

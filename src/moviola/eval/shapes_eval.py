@@ -41,7 +41,8 @@ def summarize(videos, targets: list, palette: Optional[dict] = None) -> dict:
 def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int = 50, cfg: Optional[float] = None,
                         sampler: str = "ddim", seed: int = 0, device=None, batch_size: int = 16,
                         image_to_video: bool = False, progress: bool = False,
-                        palette: Optional[dict] = None, num_frames: Optional[int] = None) -> dict:
+                        palette: Optional[dict] = None, num_frames: Optional[int] = None,
+                        fps: Optional[float] = None) -> dict:
     """Sample ``per_class`` videos of every class combination and score them (seed ``seed + i`` for video i).
 
     A class-conditional model gets the class labels, a text model the captions (``a red circle
@@ -52,7 +53,9 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     videos on stderr. ``palette`` (``{word: (R, G, B)}``): score colours against it (eval/shapes_score.py);
     default: the checkpoint's ``data.palette`` (none for the spec's colours). The given first frames are drawn
     in it too. ``num_frames``: sample this many frames instead of the training length (length generalization:
-    the scorer reads the whole video; its expected travel grows with the length).
+    the scorer reads the whole video; its expected travel grows with the length). ``fps``: the frame-rate
+    condition of a model trained with ``conditions.fps`` (``travel_per_frame_mean`` in the scores shows the speed
+    it asks for).
     """
     from moviola.pipelines.generate import load_pipeline
 
@@ -77,7 +80,8 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
                             seed=d.seed, bounce=d.bounce, cache=False, palette=palette)
         given = [test[y + NUM_CLASSES * j]["video"][:, 0] for y in range(NUM_CLASSES) for j in range(per_class)]
         kwargs["image"] = given
-    settings = dict(steps=steps, cfg=cfg, sampler=sampler, **({"num_frames": num_frames} if num_frames else {}))
+    settings = dict(steps=steps, cfg=cfg, sampler=sampler, **({"num_frames": num_frames} if num_frames else {}),
+                    **({"fps": fps} if fps is not None else {}))
     video = _sample(pipe, kwargs, len(labels), settings,
                     seed, batch_size, progress)
     result = summarize(list(video), labels, palette)
@@ -86,7 +90,7 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     result["settings"] = {"checkpoint": str(path), "conditioning": "text" if "prompt" in kwargs else "labels",
                           "image_to_video": image_to_video, "per_class": per_class, "steps": steps,
                           "cfg": pipe.config.sample.cfg if cfg is None else cfg, "sampler": sampler, "seed": seed,
-                          "frames": int(video.shape[2]),
+                          "frames": int(video.shape[2]), **({"fps": fps} if fps is not None else {}),
                           **({"palette": {k: list(v) for k, v in palette.items()}} if palette else {})}
     return result
 

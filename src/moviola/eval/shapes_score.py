@@ -238,6 +238,10 @@ def score_batch(
         row.update(target=goal, **{f"{k}_ok": v for k, v in ok.items()}, match=all(ok.values()))
         rows.append(row)
     cvs = [r["area_cv"] for r in rows if r["area_cv"] is not None]
+    # how far the object moves per frame, in pixels (the fitted displacement over T − 1 frames): the speed that
+    # a frame-rate condition controls
+    travel = [float(np.hypot(*r["displacement"])) / (r["frames"] - 1) for r in rows
+              if r["displacement"] is not None and r["frames"] > 1]
     return {
         "n": len(rows),
         "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
@@ -247,5 +251,6 @@ def score_batch(
         "area_cv_mean": float(np.mean(cvs)) if cvs else None,
         "connected_fraction_mean": float(np.mean([r["connected_fraction"] for r in rows])),
         "multiple_objects_rate": float(np.mean([r["multiple_objects"] for r in rows])),
+        "travel_per_frame_mean": float(np.mean(travel)) if travel else None,
         "rows": rows,
     }
