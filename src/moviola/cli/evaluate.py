@@ -1,4 +1,4 @@
-"""``moviola eval shapes|fvd|fid`` and ``eval-vae``: scores of generated videos and of autoencoders."""
+"""``moviola eval shapes|long|fvd|fid`` and ``eval-vae``: scores of generated videos and of autoencoders."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,28 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     es.add_argument("--json", help="write the summary here")
     es.add_argument("--quiet", action="store_true", help="no progress bar")
     es.set_defaults(fn=_cmd_eval_shapes)
+    el = esub.add_parser("long", help="Moving Shapes scores of long videos: per window and across windows (colour "
+                                      "and shape held, one object, seams, reflection at the walls)")
+    el.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files (e.g. moviola "
+                                     "data shapes --bounce --frames 257)")
+    el.add_argument("--checkpoint", help="a class- or text-conditional Moving Shapes checkpoint: sample --frames "
+                                         "frames of every class and score")
+    el.add_argument("--frames", type=int, help="frames to sample (--checkpoint; required)")
+    el.add_argument("--long", choices=["autoregressive", "fifo"], help="the pipeline's long-video mode (default: "
+                                                                       "none, every frame sampled at once)")
+    el.add_argument("--per-class", type=int, default=1, help="videos per class (48 classes)")
+    el.add_argument("--steps", type=int, default=50, help="sampling steps")
+    el.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's sample.cfg)")
+    el.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
+    el.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
+    el.add_argument("--batch-size", type=int, default=4, help="videos sampled at once")
+    el.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto: cuda, then mps, then cpu)")
+    el.add_argument("--window", type=int, default=16, help="frames per window the colour, shape and one-object "
+                                                          "figures are read in")
+    el.add_argument("--csv", help="write one row per video here")
+    el.add_argument("--json", help="write the summary here")
+    el.add_argument("--quiet", action="store_true", help="no progress bar")
+    el.set_defaults(fn=_cmd_eval_long)
     ef = esub.add_parser("fvd", help="Fréchet Video Distance, StyleGAN-V protocol (docs/evaluation.md)")
     ef.add_argument("--real", required=True, help="folder of real videos (first --clips usable ones, random offsets)")
     ef.add_argument("--fake", required=True, help="folder of generated videos (moviola sample --out-dir), from frame 0")
@@ -127,6 +149,40 @@ def _cmd_eval_shapes(args: argparse.Namespace) -> int:
     if args.csv:
         with writing(args.csv, "--csv"):
             write_rows_csv(rows, args.csv)
+    return _report(result, args.json)
+
+
+def _cmd_eval_long(args: argparse.Namespace) -> int:
+    from moviola.eval.long_video import evaluate_long_checkpoint, evaluate_long_folder, write_long_rows_csv
+
+    if (args.checkpoint is None) == (args.videos is None):
+        raise ValueError("give exactly one of --checkpoint (sample and score) or --videos DIR (score files)")
+    if args.window < 2:
+        raise ValueError(f"--window must be at least 2 frames, got {args.window}")
+    check_output(args.csv, "--csv", parents=False)
+    check_output(args.json, "--json", parents=False)
+    if args.checkpoint is not None:
+        if args.frames is None:
+            raise ValueError("--checkpoint needs --frames N: how many frames to sample (e.g. 257)")
+        for name in ("per_class", "batch_size"):
+            if getattr(args, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        check_numbers(args)
+        check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
+        result = evaluate_long_checkpoint(args.checkpoint, frames=args.frames, long=args.long,
+                                          per_class=args.per_class, steps=args.steps, cfg=args.cfg,
+                                          sampler=args.sampler, seed=args.seed, device=args.device,
+                                          batch_size=args.batch_size, window=args.window, progress=not args.quiet)
+    else:
+        given = [flag for flag, value in (("--frames", args.frames), ("--long", args.long)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} set how a checkpoint samples (--checkpoint); a --videos "
+                             "folder's files are scored as they are")
+        result = evaluate_long_folder(args.videos, window=args.window, progress=not args.quiet)
+    rows = result.pop("rows")
+    if args.csv:
+        with writing(args.csv, "--csv"):
+            write_long_rows_csv(rows, args.csv)
     return _report(result, args.json)
 
 

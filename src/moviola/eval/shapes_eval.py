@@ -63,14 +63,7 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     if palette is None and getattr(pipe.config.data, "palette", None) is not None:
         palette = pipe.config.data.palette.colours()
     labels = [y for y in range(NUM_CLASSES) for _ in range(per_class)]
-    kwargs: dict = {}
-    if "text" in pipe.accepts:
-        kwargs["prompt"] = [caption(*label_to_attributes(y)) for y in labels]
-    elif getattr(pipe.model, "num_classes", 0) == NUM_CLASSES:
-        kwargs["labels"] = labels
-    else:
-        raise ValueError(f"{path} is neither a {NUM_CLASSES}-class Moving Shapes model nor a text model "
-                         f"(it has {getattr(pipe.model, 'num_classes', 0)} classes and takes no text)")
+    kwargs = conditioning(pipe, labels, path)
     given = None
     if image_to_video:
         if "context" not in pipe.accepts and "image_tokens" not in pipe.accepts:
@@ -95,7 +88,19 @@ def evaluate_checkpoint(path: Union[str, Path], per_class: int = 1, steps: int =
     return result
 
 
-def _sample(pipe, per_video: dict, n: int, settings: dict, seed: int, batch_size: int, progress: bool):
+def conditioning(pipe, labels: list[int], path) -> dict:
+    """The pipeline arguments for Moving Shapes class ``labels``: their captions for a text model, the labels
+    for a 48-class model; any other model is a ValueError naming ``path``."""
+    if "text" in pipe.accepts:
+        return {"prompt": [caption(*label_to_attributes(y)) for y in labels]}
+    if getattr(pipe.model, "num_classes", 0) == NUM_CLASSES:
+        return {"labels": labels}
+    raise ValueError(f"{path} is neither a {NUM_CLASSES}-class Moving Shapes model nor a text model "
+                     f"(it has {getattr(pipe.model, 'num_classes', 0)} classes and takes no text)")
+
+
+def _sample(pipe, per_video: dict, n: int, settings: dict, seed: int, batch_size: int, progress: bool,
+            desc: str = "eval shapes"):
     """The n videos of one pipeline call, made one batch per call under a bar over the videos: video i keeps
     the seed ``seed + i`` and its batch, so the videos are the same as one call's."""
     import torch
@@ -104,7 +109,7 @@ def _sample(pipe, per_video: dict, n: int, settings: dict, seed: int, batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     videos = []
-    with tqdm(total=n, desc="eval shapes", unit="video", disable=not progress, file=sys.stderr,
+    with tqdm(total=n, desc=desc, unit="video", disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
         for start in range(0, n, batch_size):
             part = {k: v[start:start + batch_size] for k, v in per_video.items()}
@@ -128,6 +133,13 @@ def _image_to_video_scores(video, given: list, rows: list[dict]) -> dict:
 
 def evaluate_folder(folder: Union[str, Path], progress: bool = False) -> dict:
     """Score the videos a folder's manifest.jsonl (or captions.jsonl) lists; ``progress``: a bar over them."""
+    videos, targets = read_folder(folder, progress)
+    return summarize(videos, targets)
+
+
+def read_folder(folder: Union[str, Path], progress: bool = False, desc: str = "eval shapes") -> tuple[list, list]:
+    """The videos (uint8 ``(T,H,W,3)``) a folder's manifest.jsonl (or captions.jsonl) lists and their targets
+    (labels or ``dict(colour, shape, direction)``); ``progress``: a bar over them, named ``desc``."""
     from tqdm import tqdm
 
     from moviola.video import read_video
@@ -141,7 +153,7 @@ def evaluate_folder(folder: Union[str, Path], progress: bool = False) -> dict:
         raise FileNotFoundError(f"{folder} has no manifest.jsonl or captions.jsonl listing the videos and their labels")
     videos, targets = [], []
     lines = [line for line in listing.read_text().splitlines() if line.strip()]
-    for line in tqdm(lines, desc="eval shapes", unit="video", disable=not progress, file=sys.stderr,
+    for line in tqdm(lines, desc=desc, unit="video", disable=not progress, file=sys.stderr,
                      dynamic_ncols=True):
         try:
             row = json.loads(line)
@@ -159,7 +171,7 @@ def evaluate_folder(folder: Union[str, Path], progress: bool = False) -> dict:
         targets.append(target)
     if not videos:
         raise ValueError(f"{listing} lists no videos")
-    return summarize(videos, targets)
+    return videos, targets
 
 
 def write_rows_csv(rows: list[dict], path: Union[str, Path]) -> None:
@@ -172,4 +184,5 @@ def write_rows_csv(rows: list[dict], path: Union[str, Path]) -> None:
             w.writerow({**r, "target": " ".join(r["target"].values()) if isinstance(r["target"], dict) else r["target"]})
 
 
-__all__ = ["evaluate_checkpoint", "evaluate_folder", "summarize", "write_rows_csv", "label_to_attributes"]
+__all__ = ["evaluate_checkpoint", "evaluate_folder", "read_folder", "summarize", "write_rows_csv",
+           "label_to_attributes"]
