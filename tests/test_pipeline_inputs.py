@@ -168,7 +168,7 @@ def test_more_frames_than_trained_warn_with_what_the_model_was_trained_on(pipe):
         pipe(labels=[1], steps=1, num_frames=FRAMES + 1)
     assert record[0].filename == __file__  # attributed to the caller, not to moviola or torch
     video = one_warning(rf"trained on {FRAMES} frames of {SIZE}×{SIZE}; asked for {FRAMES + 2} frames.*"
-                        r"long-video generation is not yet in moviola",
+                        r"for a longer video pass long='autoregressive' or long='fifo'",
                         pipe, labels=[1], steps=1, num_frames=FRAMES + 2)
     assert video.shape[2] == FRAMES + 2
 

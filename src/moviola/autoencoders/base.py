@@ -29,6 +29,9 @@ class Autoencoder(nn.Module):
     # each latent frame is the encoding of its pixel frame(s) alone (a frame-wise encoder); a causal VAE's
     # later latent frames also see earlier frames, so only its first latent frame is an image's encoding
     encodes_frames_alone: bool = True
+    # each pixel frame is decoded from its own latent frame alone (a frame-wise decoder); a causal or temporal
+    # decoder mixes latent frames, so a long latent decoded piece by piece needs the frames before each piece
+    decodes_frames_alone: bool = True
 
     def encode(self, video: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:

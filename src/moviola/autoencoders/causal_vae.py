@@ -207,6 +207,7 @@ class CausalVAE(Autoencoder):
     """
 
     encodes_frames_alone = False  # latent frame k > 0 also sees the pixel frames before its own
+    decodes_frames_alone = False  # a causal decoder: pixel frames see the latent frames before theirs
 
     def __init__(self, in_channels: int = 3, base_channels: int = 128, channel_mults: Sequence[int] = (1, 2, 2, 4),
                  num_res_blocks: int = 2, temporal_downsample: Sequence[bool] = (False, True, True),

@@ -52,6 +52,7 @@ class TemporalDecoderVAE(Autoencoder):
     """
 
     temporal_factor = 1
+    decodes_frames_alone = False  # its temporal layers mix the frames of a clip
 
     def __init__(self, frame_vae: FrameVAE, temporal_kernel: int = 3, spatial_kernel: int = 1,
                  attention: bool | str = True, where: str = "all", conv: bool = True,

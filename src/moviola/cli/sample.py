@@ -9,6 +9,11 @@ model made it for; the manifest then records each video's ``fps``.
 ``conditions.low_res_factor`` × its size, with its frame count, its low-resolution input noised to
 ``--noise-level N`` (default ``sample.noise_level``; a model trained with ``conditions.noise_level`` only).
 ``--frames`` and ``--size`` follow from VIDEO (given, they must agree).
+
+``--long autoregressive|fifo`` makes videos of any ``--frames`` from a model trained on short clips, under one
+progress bar over each batch's frames (pipelines/long_video.py, pipelines/fifo.py, docs/long_videos.md):
+clip after clip from the last ``--context-frames K`` frames of the one before (a model with context frames), or
+FIFO-Diffusion's queue (``--partitions N``, ``--no-lookahead``, ``--fifo-init clip|noise``; any model).
 """
 from __future__ import annotations
 
@@ -61,6 +66,21 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="frame rate of the written files (default: 8); for a model trained with conditions.fps "
                         "also its frame-rate condition, so the file plays the motion at the speed it was made for "
                         "(default there: the training data's rate, data.fps / data.frame_strides[0])")
+    s.add_argument("--long", choices=["autoregressive", "fifo"],
+                   help="a video of any --frames from a model trained on short clips: autoregressive (each clip "
+                        "continues the last frames of the one before; a model with context frames) or fifo "
+                        "(FIFO-Diffusion; any model)")
+    s.add_argument("--context-frames", type=int, metavar="K",
+                   help="with --long autoregressive: latent frames carried into the next clip (default: 2 for a "
+                        "model trained on prefixes, else 1)")
+    s.add_argument("--partitions", type=int, metavar="N",
+                   help="with --long fifo: the queue holds N clips' worth of frames (default 4); its steps are a "
+                        "multiple of its frames (--steps, default: the least multiple not below sample.steps)")
+    s.add_argument("--no-lookahead", action="store_true", help="with --long fifo: no lookahead denoising (half the "
+                                                               "model calls)")
+    s.add_argument("--fifo-init", choices=["clip", "noise"],
+                   help="with --long fifo: start the queue from a sampled clip noised along the diagonal (clip, "
+                        "the default) or from noise")
     s.add_argument("--out", help="output file: .mp4, .gif, or .png (a grid of all videos)")
     s.add_argument("--out-dir", help="write one file per video plus manifest.jsonl here")
     s.add_argument("--format", choices=["mp4", "gif", "png"], default="mp4", help="file type for --out-dir")
@@ -135,9 +155,45 @@ def generate(pipe, args: argparse.Namespace, labels: Optional[list[int]], prompt
                                context_guidance=getattr(args, "context_guidance", 1.0),
                                **({"temporal_guidance": args.temporal_guidance}
                                   if getattr(args, "temporal_guidance", 0.0) else {}),
-                               **({"fps": _fps(pipe, args)} if "fps" in getattr(pipe, "accepts", ()) else {})))
+                               **({"fps": _fps(pipe, args)} if "fps" in getattr(pipe, "accepts", ()) else {}),
+                               **({"long": _long(args)} if getattr(args, "long", None) else {})))
             bar.update(len(videos[-1]))
     return torch.cat(videos)
+
+
+def _long(args: argparse.Namespace):
+    """--long and its options as the pipeline's ``long=``."""
+    from moviola.pipelines import FIFO, Autoregressive
+
+    if args.long == "autoregressive":
+        return Autoregressive(context_frames=args.context_frames)
+    return FIFO(**{name: value for name, value in (("partitions", args.partitions), ("init", args.fifo_init))
+                   if value is not None}, lookahead=not args.no_lookahead)
+
+
+def _check_long_args(args: argparse.Namespace) -> None:
+    """--long and the options of each mode: each option with its mode, --frames given (before any load)."""
+    long = getattr(args, "long", None)
+    fifo_only = [flag for flag, on in (("--partitions", getattr(args, "partitions", None) is not None),
+                                       ("--no-lookahead", getattr(args, "no_lookahead", False)),
+                                       ("--fifo-init", getattr(args, "fifo_init", None) is not None)) if on]
+    if fifo_only and long != "fifo":
+        raise ValueError(f"{fifo_only[0]} is an option of --long fifo")
+    if getattr(args, "context_frames", None) is not None and long != "autoregressive":
+        raise ValueError("--context-frames is an option of --long autoregressive")
+    for name in ("partitions", "context_frames"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if long is None:
+        return
+    if args.frames is None:
+        raise ValueError(f"--long {long} makes a video of --frames frames: give --frames")
+    if getattr(args, "upsample", None) is not None:
+        raise ValueError(f"--long {long} does not upsample: give --long or --upsample, not both")
+    if long == "fifo" and args.image is not None:
+        raise ValueError("--long fifo takes no --image (its queue has no place for a given frame): use --long "
+                         "autoregressive")
 
 
 def _fps(pipe, args: argparse.Namespace) -> float:
@@ -162,6 +218,7 @@ def _check_sample_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--upsample {upsample}: no such video file")
     if upsample is not None and args.image is not None:
         raise ValueError("give --upsample or --image, not both (an upsampler takes no first frame)")
+    _check_long_args(args)
     if not math.isfinite(getattr(args, "context_guidance", 1.0)):
         raise ValueError(f"--context-guidance must be a finite number, got {args.context_guidance}")
     if not math.isfinite(getattr(args, "temporal_guidance", 0.0)):
@@ -228,6 +285,8 @@ def _write_folder(video, args: argparse.Namespace, pipe, labels: Optional[list[i
                     row["image"] = str(args.image)
                 if getattr(args, "upsample", None):
                     row["upsample"] = str(args.upsample)
+                if getattr(args, "long", None):
+                    row["long"] = args.long
                 f.write(json.dumps(row) + "\n")
     print(f"wrote {len(video)} videos and manifest.jsonl to {out_dir}")
 

@@ -5,7 +5,7 @@ from moviola.diffusion.losses import (discretized_gaussian_log_likelihood, min_s
 from moviola.diffusion.plans import (CLEAN, diagonal_plan, frame_offsets_plan, plan_targets, uniform_plan,
                                      validate_plan, with_clean_frames)
 from moviola.diffusion.samplers import (SAMPLERS, SamplerState, StepOutput, ddim_step, ddpm_step,
-                                        dpm_solver_pp_2m_step, posterior_step, sample)
+                                        dpm_solver_pp_2m_step, plan_step, posterior_step, sample)
 from moviola.diffusion.schedule import (NoiseSchedule, broadcast_timesteps, build_schedule, convert_prediction, make_betas,
                                         make_x0_scale, randn, randn_like, spaced_timesteps)
 
@@ -16,7 +16,7 @@ __all__ = [
     "min_snr_weight",
     "CLEAN", "uniform_plan", "frame_offsets_plan", "diagonal_plan", "with_clean_frames", "plan_targets",
     "validate_plan",
-    "sample", "SAMPLERS", "SamplerState", "ddim_step", "ddpm_step", "posterior_step", "dpm_solver_pp_2m_step",
+    "sample", "plan_step", "SAMPLERS", "SamplerState", "ddim_step", "ddpm_step", "posterior_step", "dpm_solver_pp_2m_step",
     "StepOutput",
     "classifier_free_guidance", "guided_model_fn",
 ]

@@ -482,6 +482,20 @@ def sample(
     return _run(model_fn, walk, x, SAMPLERS[sampler], f"{sampler} sampling" if progress else None, callback)
 
 
+def _row(model_fn: ModelFn, walk: _Walk, i: int, x: torch.Tensor, rule: SamplerRule, state: SamplerState,
+         stateful: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plan row i: one model call and one step. Returns (x after the step, its x0 estimate, the model's t)."""
+    levels = walk.plan[i]
+    state.step, state.levels = i, levels
+    t = walk.model_timesteps(levels, x)
+    out = model_fn(x, t, state=state) if stateful else model_fn(x, t)
+    x_new, pred_x0 = rule(walk, i, out, x)
+    x = _frames_where(levels != walk.targets[i], x_new, x)  # a frame that keeps its level is left as it is
+    pred_x0 = _frames_where(levels == CLEAN, x, pred_x0)  # a clean frame is its own x0
+    state.pred_x0 = pred_x0
+    return x, pred_x0, t
+
+
 def _run(model_fn: ModelFn, walk: _Walk, x: torch.Tensor, rule: SamplerRule, progress: Optional[str],
          callback) -> torch.Tensor:
     """The sampling loop: one model call and one step per plan row."""
@@ -491,14 +505,58 @@ def _run(model_fn: ModelFn, walk: _Walk, x: torch.Tensor, rule: SamplerRule, pro
         from tqdm.auto import tqdm
         rows = tqdm(rows, desc=progress)
     for i in rows:
-        levels = walk.plan[i]
-        state.step, state.levels = i, levels
-        t = walk.model_timesteps(levels, x)
-        out = model_fn(x, t, state=state) if stateful else model_fn(x, t)
-        x_new, pred_x0 = rule(walk, i, out, x)
-        x = _frames_where(levels != walk.targets[i], x_new, x)  # a frame that keeps its level is left as it is
-        pred_x0 = _frames_where(levels == CLEAN, x, pred_x0)  # a clean frame is its own x0
-        state.pred_x0 = pred_x0
+        x, pred_x0, t = _row(model_fn, walk, i, x, rule, state, stateful)
         if callback is not None:
-            callback(i, int(t[0]) if t.dim() == 1 else levels, x, pred_x0)
+            callback(i, int(t[0]) if t.dim() == 1 else walk.plan[i], x, pred_x0)
     return x
+
+
+ONE_STEP_SAMPLERS = ("ddim", "ddpm")  # plan_step: the single-step rules (DPM-Solver++(2M) needs a walk's history)
+
+
+def plan_step(
+    model_fn: ModelFn,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    prediction: str = "eps",
+    learned_sigma: bool = False,
+    final_alpha: str = "one",
+    clip_x0: Optional[float] = None,
+    generator=None,
+    state: Optional[SamplerState] = None,
+) -> StepOutput:
+    """One row of a plan on its own: every frame of x (B, C, T, H, W) from its level in ``levels`` (T,) to its
+    level in ``targets`` (T,), with one call of ``model_fn`` (and ``state``, when it takes one).
+
+    Levels are schedule indices or ``CLEAN``, as in a plan; a frame whose target equals its level is left
+    exactly as it is, and a CLEAN frame is its own x0 estimate. This is the step :func:`sample` takes at each
+    row, for loops that build their rows as they go (FIFO-Diffusion's queue, pipelines/fifo.py): a walk of
+    ``plan`` one row at a time through here gives exactly what ``sample(plan=plan)`` gives. DDIM and DDPM only:
+    DPM-Solver++(2M) keeps a history per frame that a caller reshuffling its frames could not keep in step.
+    """
+    if sampler not in ONE_STEP_SAMPLERS:
+        raise ValueError(f"plan_step takes the single-step samplers {list(ONE_STEP_SAMPLERS)}, got {sampler!r} "
+                         "(dpm++2m is multistep: its history follows one walk of a whole plan)")
+    if sampler == "ddpm" and getattr(schedule, "x0_scale", None) is not None:
+        raise ValueError(NO_SCALED_DDPM)
+    if final_alpha not in ("one", "first"):
+        raise ValueError(f"final_alpha must be 'one' or 'first'; got {final_alpha!r}")
+    _check_prediction(prediction)
+    levels, targets = (torch.as_tensor(v, dtype=torch.long).cpu() for v in (levels, targets))
+    if x.dim() != 5 or levels.shape != (x.shape[2],) or targets.shape != levels.shape:
+        raise ValueError(f"plan_step takes x (B, C, T, H, W) with (T,) levels and targets; got x {tuple(x.shape)}, "
+                         f"levels {tuple(levels.shape)}, targets {tuple(targets.shape)}")
+    if bool((targets > levels).any()) or bool((levels < CLEAN).any()) or bool((levels >= schedule.num_timesteps).any()):
+        raise ValueError(f"plan_step levels are schedule indices or CLEAN and never rise; got {levels.tolist()} -> "
+                         f"{targets.tolist()}")
+    walk = _Walk(schedule, torch.stack([levels, targets]), x, eta=eta, prediction=prediction,
+                 learned_sigma=learned_sigma, final_alpha=final_alpha, clip_x0=clip_x0, generator=generator,
+                 noise_fn=None)
+    stateful = _takes_state(model_fn)
+    x, pred_x0, _ = _row(model_fn, walk, 0, x, SAMPLERS[sampler], SamplerState() if state is None else state, stateful)
+    return StepOutput(x, pred_x0)

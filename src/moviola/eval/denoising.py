@@ -28,7 +28,6 @@ def validation_loss(path: Union[str, Path], clips: int = 192, seed: int = 0, bat
     from moviola.data import build_dataset
     from moviola.diffusion import training_losses
     from moviola.pipelines.generate import load_pipeline
-    from moviola.training.data import collate
 
     if clips < 1 or batch_size < 1:
         raise ValueError(f"clips and batch_size must be at least 1 (got {clips}, {batch_size})")
@@ -37,7 +36,7 @@ def validation_loss(path: Union[str, Path], clips: int = 192, seed: int = 0, bat
     data = build_dataset(dataclasses.replace(cfg.data, count=clips), split="test")
     per_clip: list[float] = []
     for start in range(0, clips, batch_size):
-        batch = collate([data[i] for i in range(start, min(clips, start + batch_size))])
+        batch = _collate([data[i] for i in range(start, min(clips, start + batch_size))])
         x0 = pipe.autoencoder.encode(batch["video"].to(pipe.device)).float()
         B = x0.shape[0]
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
@@ -60,6 +59,16 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     mean = sum(d) / len(d)
     var = sum((v - mean) ** 2 for v in d) / (len(d) - 1)
     return mean, (var / len(d)) ** 0.5
+
+
+def _collate(items: list[dict]) -> dict:
+    """The videos, labels, captions and strides of dataset items, stacked (eval reads no latent cache)."""
+    out = {"video": torch.stack([it["video"] for it in items]), "caption": [it.get("caption", "") for it in items]}
+    if "label" in items[0]:
+        out["label"] = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
+    if "stride" in items[0]:
+        out["stride"] = torch.tensor([int(it["stride"]) for it in items])
+    return out
 
 
 def _conditions(pipe, batch: dict):

@@ -107,8 +107,8 @@ from moviola.config import ConfigError, RunConfig
 from moviola.diffusion import NoiseSchedule, guided_model_fn, sample
 from moviola.diffusion.samplers import NO_SCALED_DDPM
 from moviola.diffusion.schedule import randn
-from moviola.pipelines.inputs import (READS_ETA, as_labels, as_prompts, check_sampling, check_seed, count_videos,
-                                      given_frames, checked_fps, checked_int, checked_real, warn)
+from moviola.pipelines.inputs import (READS_ETA, Sampling, as_labels, as_prompts, check_sampling, check_seed,
+                                      count_videos, given_frames, checked_fps, checked_int, checked_real, warn)
 
 VideoLike = Union[str, Path, torch.Tensor]
 from moviola.utils import resolve_device
@@ -492,7 +492,22 @@ class Pipeline:
         temporal_scale = self._checked_temporal_guidance(temporal_guidance)
         self._check_schedule(sampler, steps, planned=plan is not None)
         c = self.config
+        fn = self.guided_fn(conds, scale, context_scale, temporal_scale)
+        learned_sigma = getattr(self.model, "learned_sigma", False)
+        return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
+                      prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
+                      timestep_spacing=c.diffusion.timestep_spacing, steps_offset=c.diffusion.steps_offset,
+                      final_alpha=c.diffusion.final_alpha, generator=list(generators),
+                      x_T=x_T.to(self.device), progress=progress, plan=plan)
+
+    def guided_fn(self, conds: Conditions, scale: float, context_guidance: float = 1.0,
+                  temporal_guidance: float = 0.0):
+        """The model function ``fn(x_t, t[, state])`` :meth:`denoise` samples with: the denoiser under
+        classifier-free guidance of strength ``scale`` (and context and temporal guidance), for loops that
+        step the sampler themselves (FIFO-Diffusion's queue, pipelines/fifo.py). The scales are taken as
+        checked; ``t`` may be (B,) or (B, T), one level per frame (the denoiser contract)."""
         scale = scale if conds.guided else 1.0  # nothing to guide on: one plain pass
+        context_scale = context_guidance
         no_frames = None  # the condition with its given frames dropped: context guidance's second branch
         if context_scale != 1.0 and conds.guided and _gives_frames(conds.cond):
             no_frames = conds.cond.null(["context"])
@@ -500,17 +515,11 @@ class Pipeline:
                 scale, context_scale, no_frames = scale + context_scale - 1.0, 1.0, None
         cond = (conds.cond if conds.guided else _unguided(conds.cond)).to(self.device)
         uncond = conds.uncond.to(self.device) if conds.guided and scale != 1.0 else None
-        learned_sigma = getattr(self.model, "learned_sigma", False)
         # a self-conditioned model gets each step the previous step's x0 estimate (zeros first, as trained)
-        fn = guided_model_fn(self.model, cond, uncond, scale, learned_sigma,
-                             self_condition="self_cond" in self.accepts,
-                             second_uncond=None if no_frames is None else no_frames.to(self.device),
-                             second_scale=context_scale, temporal_scale=temporal_scale)
-        return sample(fn, self.schedule, x_T.shape, sampler=sampler, steps=steps, eta=eta,
-                      prediction=c.diffusion.prediction, learned_sigma=learned_sigma,
-                      timestep_spacing=c.diffusion.timestep_spacing, steps_offset=c.diffusion.steps_offset,
-                      final_alpha=c.diffusion.final_alpha, generator=list(generators),
-                      x_T=x_T.to(self.device), progress=progress, plan=plan)
+        return guided_model_fn(self.model, cond, uncond, scale, getattr(self.model, "learned_sigma", False),
+                               self_condition="self_cond" in self.accepts,
+                               second_uncond=None if no_frames is None else no_frames.to(self.device),
+                               second_scale=context_scale, temporal_scale=temporal_guidance)
 
     def _checked_temporal_guidance(self, value) -> float:
         """``temporal_guidance`` as a finite float; other than 0 only for a model that can skip its temporal attention."""
@@ -535,11 +544,31 @@ class Pipeline:
     # ---------------------------------------------------------------- step 3: decode
     def decode(self, z: torch.Tensor, conds: Optional[Conditions] = None) -> torch.Tensor:
         """Pixels ``(B, 3, T, H, W)`` in [-1, 1] of latents z; given frames are kept exactly (in latent space)."""
+        return self.autoencoder.decode(self.keep_given(z, conds)).clamp(-1, 1).float().cpu()
+
+    @staticmethod
+    def keep_given(z: torch.Tensor, conds: Optional[Conditions] = None) -> torch.Tensor:
+        """The latents z with the given frames of ``conds`` put back exactly (what :meth:`decode` decodes)."""
         cond = None if conds is None or not conds.guided else conds.cond
         if cond is not None and cond.context is not None:
             m = cond.context_mask.to(z.device, z.dtype)
             z = cond.context.to(z.device, z.dtype) * m + z * (1 - m)
-        return self.autoencoder.decode(z).clamp(-1, 1).float().cpu()
+        return z
+
+    def with_frames(self, conds: Conditions, context: torch.Tensor, mask: torch.Tensor) -> Conditions:
+        """``conds`` with these given latent frames instead of its own (context ``(B, c, t, h, w)``, mask
+        ``(B, 1, t, 1, 1)``), guided as :meth:`conditions` guides given frames: the unconditional branch keeps
+        them when there is a prompt, a class or an image to guide on, and has none when they are the sole
+        condition. Long videos continue a clip from its last frames this way (pipelines/long_video.py)."""
+        if "context" not in self.accepts:
+            raise ValueError("this model does not take given frames (it was trained without context frames: "
+                             "conditions.context_frames)")
+        context, mask = context * mask, mask
+        others = any(getattr(conds.cond, name) is not None for name in ("labels", "text", "image_tokens"))
+        cond = dataclasses.replace(conds.cond, context=context, context_mask=mask)
+        uncond = dataclasses.replace(conds.uncond, context=context.clone() if others else torch.zeros_like(context),
+                                     context_mask=mask.clone() if others else torch.zeros_like(mask))
+        return Conditions(cond, uncond, True)
 
     # ---------------------------------------------------------------- all three
     @torch.no_grad()
@@ -553,7 +582,7 @@ class Pipeline:
                  frames: Optional[Mapping[int, Union[ImageLike, Sequence[ImageLike]]]] = None,
                  context_guidance: float = 1.0, fps: Optional[float] = None,
                  temporal_guidance: float = 0.0, low_res: Optional[VideoLike] = None,
-                 noise_level: Optional[int] = None) -> torch.Tensor:
+                 noise_level: Optional[int] = None, long=None) -> torch.Tensor:
         """Videos ``(B, C, T, H, W)`` in [-1, 1]; ``image`` is frame 0, ``frames`` maps frame indices to images.
 
         ``context_guidance``: Video LDM's guidance scale s on the given frames (module docstring), any
@@ -571,13 +600,18 @@ class Pipeline:
         low-resolution video (or ``num_videos`` of one). ``noise_level``: the augmentation level it is noised to
         (default ``sample.noise_level``), for a model trained with ``conditions.noise_level``.
 
+        ``long``: a video of any length ``num_frames`` from a model trained on short clips, ``"autoregressive"``
+        (clip after clip, each continuing the last frames of the one before) or ``"fifo"`` (FIFO-Diffusion),
+        or their options (``moviola.pipelines.Autoregressive(...)``, ``moviola.pipelines.FIFO(...)``); see
+        pipelines/long_video.py and pipelines/fifo.py. None (the default): one clip of ``num_frames`` frames.
+
         Every argument is checked before anything is encoded (module docstring); ``labels`` may be one
         int, a list, a numpy array or a tensor of ints.
         """
         c = self.config
         prompt, labels = as_prompts(prompt, "prompt"), as_labels(labels)
         sampler = c.sample.sampler if sampler is None else sampler
-        steps = c.sample.steps if steps is None else steps
+        steps_given, steps = steps, c.sample.steps if steps is None else steps
         scale, steps, eta_value = check_sampling(self.schedule.num_timesteps, c.sample.cfg if cfg is None else cfg,
                                                   sampler, steps, c.sample.eta if eta is None else eta)
         context_guidance = checked_real("context_guidance", context_guidance)
@@ -594,6 +628,17 @@ class Pipeline:
             wanted = low.shape[0]  # one video per low-resolution video
         n = count_videos(prompt, labels, given, wanted)
         seed = check_seed(seed, n)
+        if eta is not None and eta_value != 0 and sampler not in READS_ETA:
+            warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
+                  "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
+        if long is not None:  # a video of any length, clip by clip or through FIFO-Diffusion's queue
+            from moviola.pipelines.long_video import generate_long
+
+            return generate_long(self, long, Sampling(sampler, steps_given, eta_value, scale, context_guidance,
+                                                      temporal_guidance),
+                                 n=n, seed=seed, num_frames=num_frames, height=height, width=width, labels=labels,
+                                 prompt=prompt, negative_prompt=negative_prompt, given=given, low_res=low,
+                                 noise_level=noise_level, fps=fps, batch_size=batch_size, progress=progress, cfg=cfg)
         if low is not None:
             T, H, W = self.upsampled_size(low, num_frames, height, width)
         else:
@@ -602,9 +647,6 @@ class Pipeline:
             W = c.data.size if width is None else checked_int("width", width)
         latent = self.autoencoder.latent_shape(T, H, W)  # a frame count or size the autoencoder cannot take
         self._warn_outside_training(T, H, W)
-        if eta is not None and eta_value != 0 and sampler not in READS_ETA:
-            warn(f"eta={eta_value} is ignored by the {sampler} sampler (only {', '.join(sorted(READS_ETA))} reads it; "
-                  "ddpm always adds the posterior noise, dpm++2m adds none): use the ddim sampler, or drop eta")
         conds = self.conditions(n, T, H, W, labels=labels, prompt=prompt, negative_prompt=negative_prompt,
                                 frames=given, fps=fps, low_res=low, noise_level=noise_level)
         self._warn_unused_guidance(conds, cfg, scale, negative_prompt, context_guidance)
@@ -631,7 +673,8 @@ class Pipeline:
             return
         harm = []
         if longer:
-            harm.append("quality degrades beyond the training length (long-video generation is not yet in moviola)")
+            harm.append("quality degrades beyond the training length (for a longer video pass "
+                        "long='autoregressive' or long='fifo': --long on the command line)")
         if resized:
             harm.append(f"quality degrades at another size (generate at {d.size}×{d.size})")
         warn(f"this model was trained on {d.frames} frames of {d.size}×{d.size}; asked for {T} frames of {H}×{W}: "

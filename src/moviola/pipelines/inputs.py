@@ -12,6 +12,7 @@ import numbers
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,19 @@ import torch
 from moviola.diffusion.samplers import SAMPLERS
 
 READS_ETA = frozenset({"ddim"})  # diffusion/samplers.py: only _ddim reads eta; ddpm and dpm++2m ignore it
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A call's sampling arguments, checked: what each clip of a long video is denoised with. ``steps`` None is
+    the method's default (``sample.steps`` for a clip; FIFO-Diffusion ties its steps to its queue)."""
+
+    sampler: str
+    steps: Optional[int]
+    eta: float
+    scale: float  # cfg
+    context_guidance: float = 1.0
+    temporal_guidance: float = 0.0
 
 
 def given_frames(image, frames) -> dict[int, list]:
@@ -148,7 +162,8 @@ def as_labels(labels) -> Optional[list[int]]:
 
 
 _NO_GRAD_WRAPPER = os.path.join("torch", "utils", "_contextlib.py")
-_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "base.py")}  # the pipeline's own frames
+_OWN_FILES = {__file__, *(os.path.join(os.path.dirname(__file__), name)  # the pipeline's own frames
+                          for name in ("base.py", "long_video.py", "fifo.py"))}
 
 
 def warn(message: str) -> None:
