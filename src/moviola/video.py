@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -292,6 +292,25 @@ def read_video(
     if not frames:
         raise VideoDecodeError(path, f"no frames decoded (start={start})")
     return np.stack(frames)
+
+
+def video_fps(path: Union[str, Path]) -> Optional[float]:
+    """The frame rate a video file declares, None when it declares none or cannot be read (``read_video`` says
+    why): a gif's from its frame duration (PyAV's average rate for a gif is a guess), others' from
+    :func:`probe_video`."""
+    if Path(path).suffix.lower() == ".gif":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                duration = im.info.get("duration")
+            return 1000.0 / duration if duration else None
+        except (OSError, ValueError):
+            return None
+    try:
+        return probe_video(path)["fps"]
+    except (VideoDecodeError, OSError):
+        return None
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -10,8 +10,8 @@ reports for a Unix tool stopped by a closed pipe, so ``set -o pipefail`` still s
 was cut short.
 
 One module per command group builds its subcommands and runs them: ``train`` (train, train-vae,
-export, study), ``sample``, ``data``, ``evaluate`` (eval *, eval-vae), ``convert``; this module
-assembles the parser and turns what a command raises into an exit code.
+export, study), ``sample``, ``data``, ``evaluate`` (eval *, eval-vae), ``convert``,
+``demo`` (the web page); this module assembles the parser and turns what a command raises into an exit code.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from moviola.cli import convert, data, evaluate, sample, train
+from moviola.cli import cascade, convert, data, demo, evaluate, train
 from moviola.cli.common import USER_ERRORS, Parser, one_line
 
 __all__ = ["USER_ERRORS", "build_parser", "main"]
 
 # the order `moviola --help` lists the commands in
-_COMMANDS = (train.add_train_parsers, evaluate.add_eval_vae_parser, sample.add_sample_parser,
+_COMMANDS = (train.add_train_parsers, evaluate.add_eval_vae_parser, cascade.add_sample_parser,
              train.add_export_parser, convert.add_convert_parser, data.add_data_parser,
-             evaluate.add_eval_parser, train.add_study_parser)
+             evaluate.add_eval_parser, train.add_study_parser, demo.add_demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,15 @@ class _Once(argparse._StoreAction):
         setattr(namespace, self.dest, values)
 
 
+class Given(_Once):
+    """A single-value option whose presence is recorded in ``args.given`` (a set of dests): a command can tell a
+    flag given at its default from one not given (a cascade file keeps its own --seed and --num-videos)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the one-line error format of every other moviola error, defaults in ``--help`` and
     single-value options that refuse to be given twice (subparsers inherit all three)."""

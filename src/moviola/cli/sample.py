@@ -14,6 +14,9 @@ model made it for; the manifest then records each video's ``fps``.
 progress bar over each batch's frames (pipelines/long_video.py, pipelines/fifo.py, docs/long_videos.md):
 clip after clip from the last ``--context-frames K`` frames of the one before (a model with context frames), or
 FIFO-Diffusion's queue (``--partitions N``, ``--no-lookahead``, ``--fifo-init clip|noise``; any model).
+
+A cascade file (``moviola sample CASCADE.yaml``) in place of the checkpoint runs a base model and its stages, and
+``--interpolate 4|16 --video IN`` interpolates a video file with a keyframes model: cli/cascade.py.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from moviola.cli.common import check_numbers, check_output, writing
+from moviola.cli.common import Given, check_numbers, check_output, writing
 from moviola.diffusion.samplers import SAMPLERS
 from moviola.io.checkpoint import check_kind
 
@@ -34,7 +37,8 @@ BATCH = 16  # videos per pipeline call: the pipeline's default batch, so each vi
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="generate videos from a checkpoint or run directory")
-    s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    s.add_argument("checkpoint", help="a checkpoint directory, a run directory (its newest checkpoint), or a cascade "
+                                      "file (.yaml: a base model and its upsampling and interpolation stages)")
     s.add_argument("--label", type=int, action="append", help="class label (repeatable)")
     s.add_argument("--prompt", action="append", help="text prompt (repeatable; a text-to-video model)")
     s.add_argument("--prompts-file", help="a text file with one prompt per line")
@@ -47,7 +51,8 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--noise-level", type=int, metavar="N",
                    help="with --upsample: the noise-augmentation level of the low-resolution input, a timestep "
                         "(default: the checkpoint's sample.noise_level; a model trained with conditions.noise_level)")
-    s.add_argument("--num-videos", type=int, default=1, help="videos per label or prompt (or in all, without them)")
+    s.add_argument("--num-videos", type=int, default=1, action=Given,
+                   help="videos per label or prompt (or in all, without them)")
     s.add_argument("--sampler", choices=list(SAMPLERS), help="the sampler (default: the checkpoint's sample.sampler)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale, 1 = none (default: the checkpoint's "
@@ -59,7 +64,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="VideoCrafter's temporal guidance (the official --unconditional_guidance_scale_temporal): "
                         "adds S(f(c) - f(c without temporal attention)); 0 = none (default); a VideoCrafter model only")
     s.add_argument("--eta", type=float, help="DDIM eta, 0 = deterministic (default: the checkpoint's sample.eta)")
-    s.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")
+    s.add_argument("--seed", type=int, default=0, action=Given, help="video i starts from the noise of seed + i")
     s.add_argument("--frames", type=int, help="frames to generate (default: the training count)")
     s.add_argument("--size", type=int, help="frame size in pixels (default: the training size)")
     s.add_argument("--fps", type=float, metavar="F",

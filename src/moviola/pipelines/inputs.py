@@ -118,6 +118,55 @@ def check_sampling(num_timesteps: int, scale, sampler, steps, eta, planned: bool
     return scale, steps, checked_real("eta", eta, low=0)
 
 
+def sampling_for(pipe, steps=None, sampler=None, cfg=None, eta=None, context_guidance=1.0,
+                 temporal_guidance=0.0) -> Sampling:
+    """A call's sampling arguments against ``pipe`` (its ``sample:`` section fills what is None), checked as
+    ``pipe(...)`` checks them: what each window or chunk of an interpolation or an upsampling is denoised with."""
+    c = pipe.config.sample
+    sampler = c.sampler if sampler is None else sampler
+    scale, steps, eta = check_sampling(pipe.schedule.num_timesteps, c.cfg if cfg is None else cfg, sampler,
+                                       c.steps if steps is None else steps, c.eta if eta is None else eta)
+    context_guidance = checked_real("context_guidance", context_guidance)
+    temporal_guidance = pipe._checked_temporal_guidance(temporal_guidance)
+    pipe._check_schedule(sampler, steps)
+    return Sampling(sampler, steps, eta, scale, context_guidance, temporal_guidance)
+
+
+def video_tensor(video, name: str) -> torch.Tensor:
+    """A video argument as ``(B, 3, T, H, W)`` float in [-1, 1] on the CPU: a video file (read whole), or a tensor
+    ``(B, 3, T, H, W)`` / ``(3, T, H, W)`` in [-1, 1]. A TypeError / ValueError naming ``name`` otherwise."""
+    from moviola.video import from_uint8, read_video
+
+    if isinstance(video, (str, Path)):
+        if not Path(video).is_file():
+            raise ValueError(f"{name}={str(video)!r}: no such video file")
+        return from_uint8(read_video(video))[None]  # (1, 3, T, H, W)
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"{name} must be a video file path or a (B, 3, T, H, W) tensor in [-1, 1], got "
+                        f"{type(video).__name__}")
+    if not video.is_floating_point() or (video.numel() and not bool(torch.isfinite(video).all())):
+        raise ValueError(f"a {name} tensor must be float and finite (got {video.dtype}"
+                         f"{'' if video.is_floating_point() else ': uint8 videos: x / 127.5 - 1'})")
+    if video.numel() and (video.min() < -1.001 or video.max() > 1.001):
+        raise ValueError(f"a {name} tensor must be in [-1, 1], got [{float(video.min()):.3g}, {float(video.max()):.3g}] "
+                         "([0, 1] videos: 2x - 1)")
+    frames = video.detach().float().cpu()
+    frames = frames[None] if frames.dim() == 4 else frames
+    if frames.dim() != 5 or frames.shape[1] != 3 or 0 in frames.shape:
+        raise ValueError(f"a {name} tensor must be (B, 3, T, H, W) or (3, T, H, W), got shape {tuple(video.shape)}")
+    return frames.clamp(-1, 1)
+
+
+def seeds_of(seed, n: int) -> list[int]:
+    """One generator seed per video: ``seed + i`` for an int, or a list of n ints as they are."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise ValueError(f"{len(seed)} seeds for {n} videos: give one seed (video i uses seed + i) or one per video")
+        return [check_seed(s, 1) for s in seed]
+    seed = check_seed(seed, n)
+    return [seed + i for i in range(n)]
+
+
 def check_seed(seed, n: int) -> int:
     """A generator seed for each of n videos (seed + i): an int within torch's 64-bit seed range."""
     seed = checked_int("seed", seed, low=None)
@@ -163,7 +212,8 @@ def as_labels(labels) -> Optional[list[int]]:
 
 _NO_GRAD_WRAPPER = os.path.join("torch", "utils", "_contextlib.py")
 _OWN_FILES = {__file__, *(os.path.join(os.path.dirname(__file__), name)  # the pipeline's own frames
-                          for name in ("base.py", "long_video.py", "fifo.py"))}
+                          for name in ("base.py", "long_video.py", "fifo.py", "interpolate.py", "upsample.py",
+                                       "cascade.py"))}
 
 
 def warn(message: str) -> None:
