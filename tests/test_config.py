@@ -15,7 +15,8 @@ from moviola.config import (ConfigError, RunConfig, config_from_json, from_dict,
                             save_config, to_dict)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = sorted(p for p in CONFIGS.rglob("*.yaml") if "studies" not in p.relative_to(CONFIGS).parts)
+PRESETS = sorted(p for p in CONFIGS.rglob("*.yaml")
+                 if not {"studies", "cascades"} & set(p.relative_to(CONFIGS).parts))  # run configs only
 STUDIES = sorted((CONFIGS / "studies").glob("*.yaml"))
 
 
