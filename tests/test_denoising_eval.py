@@ -66,3 +66,24 @@ def test_two_checkpoints_see_the_same_draws_and_pair_up(tmp_path):
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)))
     with pytest.raises(ValueError, match="same number"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_the_direction_gap_conditions_on_the_opposite_direction_and_pairs(tmp_path, monkeypatch):
+    """The counterfactual keeps the clips and draws and flips only the direction of the caption or class."""
+    from moviola.data.shapes import label_to_attributes
+    from moviola.eval import denoising
+
+    path, *_ = tiny_checkpoint(tmp_path)
+    seen = []
+    real = denoising._conditions
+    monkeypatch.setattr(denoising, "_conditions", lambda pipe, batch: seen.append(batch["label"].clone()) or real(pipe, batch))
+    out = denoising.direction_gap(path, clips=6, batch_size=6, device="cpu")
+    own, other = seen
+    flip = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for a, b in zip(own.tolist(), other.tolist()):
+        ca, sa, da = label_to_attributes(a)
+        assert label_to_attributes(b) == (ca, sa, flip[da])
+    mine = validation_loss(path, clips=6, batch_size=6, device="cpu")
+    theirs = validation_loss(path, clips=6, batch_size=6, device="cpu", opposite_direction=True)
+    assert out["gap"] == pytest.approx(np.mean(np.array(theirs["per_clip"]) - np.array(mine["per_clip"])))
+    assert out["gap"] != 0.0
