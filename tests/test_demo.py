@@ -113,7 +113,7 @@ def test_generate_writes_a_playable_video_under_the_output_directory_only(studio
     assert outside == set(), outside
     for name in (record.file, record.download):
         path = Path(name)
-        assert path.parent == studio.out_dir / "videos"
+        assert path.parent == studio.videos
         assert read_video(path).shape == (17, 32, 32, 3)
     assert record.file.endswith(".webm") and record.download.endswith(".mp4")
     import av
@@ -129,7 +129,7 @@ def test_generate_writes_a_playable_video_under_the_output_directory_only(studio
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("3/3 steps" in text for _, text in seen), seen
     assert studio.gallery() == [(record.thumbnail, record.caption())]
-    assert Path(record.thumbnail).parent == studio.out_dir / "videos"
+    assert Path(record.thumbnail).parent == studio.videos
     assert studio.table()[0][:4] == [1, T2V, PROMPT, 7]
 
 
@@ -273,7 +273,10 @@ def test_the_server_sends_no_file_from_outside_the_output_directory(models, tmp_
         base = app.local_url.rstrip("/") + "/gradio_api/file="
         ok = httpx.get(base + record.file)
         assert ok.status_code == 200 and ok.content == Path(record.file).read_bytes()
+        private = studio.out_dir / "private.txt"  # the output folder itself is not served: only its served/ part
+        private.write_text("not for the page")
         for path in ["/etc/passwd", str(secret), f"{studio.out_dir}/../secret.txt", str(CKPTS / T2V / "config.json"),
+                     str(private), str(studio.out_dir / "generations.jsonl"),
                      str(shared), str(work / ".gradio" / "cached_examples" / "old.txt"), str(ROOT / "pyproject.toml")]:
             for url in (base + path, base.replace("file=", "file/") + path):  # the route and its old spelling
                 response = httpx.get(url)
@@ -284,3 +287,13 @@ def test_the_server_sends_no_file_from_outside_the_output_directory(models, tmp_
     finally:
         app.close()
         shared.unlink()
+
+
+def test_a_second_session_in_the_same_folder_never_overwrites_the_first(models, tmp_path):
+    first = Studio(models, tmp_path / "out").generate(Request(model=T2V, prompt=PROMPT, steps=2))
+    kept = Path(first.file).read_bytes()
+    second = Studio(models, tmp_path / "out").generate(Request(model=T2V, prompt=PROMPT, steps=2, seed=1))
+    assert second.id == first.id + 1 and second.file != first.file
+    assert Path(first.file).read_bytes() == kept
+    ids = [json.loads(line)["id"] for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert ids == [first.id, second.id]

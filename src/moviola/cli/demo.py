@@ -27,8 +27,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="the address to listen on; anything but 127.0.0.1 lets other machines use it")
     d.add_argument("--port", type=int, default=7860, help="the port to listen on")
     d.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
-    d.add_argument("--out-dir", help="where the videos (and uploads) go, the only folder the page serves files "
-                                     "from (default: a new temporary directory)")
+    d.add_argument("--out-dir", help="where the videos, uploads and the log go; the page serves files from its "
+                                     "served/ subfolder only (default: a new temporary directory)")
     d.add_argument("--weights", choices=["ema", "model"], default="ema",
                    help="a training checkpoint's EMA weights or its raw model weights")
     d.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")

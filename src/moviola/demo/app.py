@@ -33,10 +33,12 @@ CSS = """
 """
 
 
-def confine_files(out_dir) -> Path:
-    """Point Gradio's upload/cache folder and examples cache into ``out_dir`` (before any component is made:
-    each reads the folder when built), so that every file the server may send is under it."""
-    out = Path(out_dir).resolve()
+def confine_files(served) -> Path:
+    """Point Gradio's upload/cache folder and examples cache into ``served`` (the studio's ``served`` folder, which
+    holds its videos; before any component is made: each reads the folder when built), so that every file the
+    server may send is under it. Gradio serves anything under its upload folder: it is a subfolder of the output
+    directory, never the output directory itself, so ``--out-dir .`` does not publish the working directory."""
+    out = Path(served).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(out)
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(out / "examples")
@@ -49,7 +51,7 @@ def build_app(studio: Studio, title: str = "moviola demo"):
     "same seed, other model", and the gallery of every generation since the start."""
     import gradio as gr
 
-    confine_files(studio.out_dir)
+    confine_files(studio.served)
     names = studio.names
     first = studio.model(names[0])
     any_image = any(m.takes_image for m in studio.models.values())

@@ -376,9 +376,14 @@ class Studio:
             raise ValueError(f"model names must be unique, got {names}")
         self.models = {m.name: m for m in models}
         self.out_dir = Path(out_dir).resolve()
-        self.videos = self.out_dir / "videos"
+        # what the page may send: the videos (and Gradio's uploads, app.confine_files), in a folder of their own,
+        # so the log and anything else in out_dir (``--out-dir .``) stay private
+        self.served = self.out_dir / "served"
+        self.videos = self.served / "videos"
         self.videos.mkdir(parents=True, exist_ok=True)
         self.records: list[Record] = []
+        # ids go on from an earlier session's in the same folder, so its files are never overwritten
+        self._first_id = _generations_so_far(self.out_dir / "generations.jsonl")
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ look-ups
@@ -549,7 +554,7 @@ class Studio:
             seconds = time.perf_counter() - start
             notes += list(dict.fromkeys(_one_line(str(w.message)) for w in caught
                                         if issubclass(w.category, UserWarning)))
-            record_id = len(self.records) + 1
+            record_id = self._first_id + len(self.records) + 1
             frames = _to_frames(video[0])
             play_fps = float(m.pipe.frame_rate(done.fps))
             stem = f"{record_id:04d}-{done.model}-seed{done.seed}"
@@ -616,3 +621,18 @@ def _to_frames(video) -> np.ndarray:
 def _one_line(text: str) -> str:
     text = text.strip().splitlines()[0] if text.strip() else "unknown error"
     return "".join(c if c.isprintable() else " " for c in text)
+
+
+def _generations_so_far(log: Path) -> int:
+    """The largest generation id an earlier session wrote to ``log`` (0 for none or an unreadable log)."""
+    best = 0
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        try:
+            best = max(best, int(json.loads(line).get("id", 0)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return best
