@@ -133,9 +133,10 @@ def load_study(path: Union[str, Path]) -> Study:
     _check_keys(ev, _EVAL, f"{path}: eval")
     study_eval = StudyEval(**ev)
     if study_eval.per_class < 1 or study_eval.steps < 1 or study_eval.sampler not in SAMPLERS or not (
-            isinstance(study_eval.val_clips, int) and study_eval.val_clips >= 0) or not (
+            isinstance(study_eval.val_clips, int) and (study_eval.val_clips == 0 or study_eval.val_clips >= 2)) or not (
             study_eval.frames is None or isinstance(study_eval.frames, int) and study_eval.frames >= 1):
-        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1, val_clips >= 0, frames >= 1 (or none) "
+        raise ConfigError(f"{path}: eval needs per_class >= 1, steps >= 1, val_clips 0 (none) or >= 2 (a paired "
+                          f"difference needs two clips), frames >= 1 (or none) "
                           f"and a sampler of {', '.join(SAMPLERS)}")
     return Study(name=name, steps=steps, variants=tuple(variants), set=_overrides(tree.get("set"), f"{path}: set"),
                  eval=study_eval, runs_dir=str(tree.get("runs_dir") or Path("runs") / "studies" / name),

@@ -66,7 +66,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     el.add_argument("--long", choices=["autoregressive", "fifo"], help="the pipeline's long-video mode (default: "
                                                                        "none, every frame sampled at once)")
     el.add_argument("--per-class", type=int, default=1, help="videos per class (48 classes)")
-    el.add_argument("--steps", type=int, default=50, help="sampling steps")
+    el.add_argument("--steps", type=int, help="sampling steps (default: 50; with --long fifo, FIFO's own default, "
+                                               "a multiple of its queue's levels)")
     el.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's sample.cfg)")
     el.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
     el.add_argument("--seed", type=int, default=0, help="video i starts from the noise of seed + i")

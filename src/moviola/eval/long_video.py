@@ -381,8 +381,9 @@ def evaluate_long_folder(folder: Union[str, Path], window: int = 16, progress: b
 
 
 def evaluate_long_checkpoint(path: Union[str, Path], frames: int, long: Optional[str] = None, per_class: int = 1,
-                             steps: int = 50, cfg: Optional[float] = None, sampler: str = "ddim", seed: int = 0,
-                             device=None, batch_size: int = 4, window: int = 16, progress: bool = False) -> dict:
+                             steps: Optional[int] = None, cfg: Optional[float] = None, sampler: str = "ddim",
+                             seed: int = 0, device=None, batch_size: int = 4, window: int = 16,
+                             progress: bool = False) -> dict:
     """Sample ``per_class`` videos of ``frames`` frames of every class and score them as long videos.
 
     ``long``: the pipeline's long-video mode (``autoregressive``, ``fifo``), passed as ``pipe(..., long=long)``;
@@ -405,6 +406,8 @@ def evaluate_long_checkpoint(path: Union[str, Path], frames: int, long: Optional
         palette = pipe.config.data.palette.colours()
     labels = [y for y in range(NUM_CLASSES) for _ in range(per_class)]
     kwargs = conditioning(pipe, labels, path)
+    if steps is None and long != "fifo":  # FIFO picks its own default: a multiple of its queue's levels
+        steps = 50
     settings = dict(steps=steps, cfg=cfg, sampler=sampler, num_frames=frames,
                     **({"long": long} if long is not None else {}))
     video = _sample(pipe, kwargs, len(labels), settings, seed, batch_size, progress, desc="eval long")

@@ -15,7 +15,8 @@ those frames, and the video is their concatenation without the repeats.
   ``1 + f·(K − 1)`` decoded frames (those frames again) are dropped.
 
 K (``Autoregressive(context_frames=K)``) defaults to 2 for a model trained on prefixes of frames
-(``conditions.context_mode`` prefix, prefix2 or any: Blattmann et al. continue from 2) and to 1 for one
+(``conditions.context_mode`` prefix, prefix2 or any: Blattmann et al. continue from 2; for prefix and any, whose
+prefixes reach half the clip, only when the clip has 4 latent frames or more, else 1) and to 1 for one
 trained on the first frame only (first, ends, keyframes), and must leave a frame to generate. Clip c of
 video i draws its noise from a generator seeded with ``chunk_seed(seed + i, c)`` (clip 0: ``seed + i``
 itself, so the first clip is the ordinary sample of that seed): a video is a pure function of its seed.

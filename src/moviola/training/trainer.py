@@ -10,7 +10,8 @@ by ``conditions.low_res_factor`` and encoded by the same autoencoder (cached bes
 [0, ``conditions.noise_level_max``] (noise-conditioning augmentation), and the model is told the level.
 ``train.crop`` trains on random crop×crop windows of the latents (patch training, for a family whose weights
 serve any frame size), the low-resolution latent cropped at the matching window. Their draws come after
-every other draw of the step, so runs without them keep their batches bit for bit.
+every earlier feature's draws of the step (only the image-token dropout, newer, comes after them), so runs
+without them keep their batches bit for bit.
 
 Image tokens (``conditions.image``, VideoCrafter's ``model.image_encoder: tokens``): the run's frozen image encoder
 (``image.encoder``, a local CLIP vision model: conditioning/image.py) encodes each clip's frame 0 (its pixels in
