@@ -162,6 +162,15 @@ def test_a_variant_starts_from_the_weights_it_names(study_file, tmp_path):
         got = load_weights(list_checkpoints(tmp_path / "warm" / name / "checkpoints")[-1], "model")
         assert all(torch.allclose(got[k], want[k], atol=1e-9) for k in want) == same, name
     assert "started from" in (tmp_path / "warm-docs" / "README.md").read_text()
+    run_study(load_study(study_file), quiet=True, log=lambda m: None)  # unchanged: reused
+    from safetensors.torch import load_file, save_file
+
+    weights = source / "ema.safetensors"  # the source retrained: the finished run is no longer "from" it
+    tensors = load_file(weights)
+    save_file({k: v + 1 for k, v in tensors.items()}, weights)
+    with pytest.raises(ConfigError, match="other weights"):
+        run_study(load_study(study_file), quiet=True, log=lambda m: None)
+    save_file(tensors, weights)
     spec["init_from"] = str(tmp_path / "nowhere")
     study_file.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="nowhere"):

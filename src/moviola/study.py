@@ -185,6 +185,12 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
                               "asks for now; delete that run directory (or rename the study) to retrain it")
         kept = list_checkpoints(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else []
         last_step = int(kept[-1].name.split("_")[-1]) if kept else 0
+        start = _start_record(v)  # the weights the run starts from, as they are now
+        recorded = run_dir / "study_start.json"
+        if kept and (json.loads(recorded.read_text()) if recorded.is_file() else {"init_from": None}) != start:
+            raise ConfigError(f"{run_dir} was started from other weights than variant {v.name!r} starts from now "
+                              f"(init_from {v.init_from}, or its weights changed since); delete that run directory "
+                              "to retrain it")
         if last_step > study.steps:
             raise ConfigError(f"{run_dir} has trained {last_step} steps, more than the study's budget of {study.steps}: "
                               "its scores would not be those of the budget; raise steps or delete the run directory")
@@ -196,6 +202,8 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
 
             trainer = trainer_for(cfg)(cfg, run_dir, resume=bool(kept), quiet=quiet,
                                        init_from=None if kept else v.init_from)
+            if not kept:  # what a later invocation compares before reusing or resuming this run
+                recorded.write_text(json.dumps(start) + "\n")
             trainer.train()
             if trainer.stopped_by:
                 raise KeyboardInterrupt(f"stopped by {trainer.stopped_by}; run the study again to continue")
@@ -244,6 +252,26 @@ def _variant_result(study: Study, v: Variant, cfg: RunConfig, run_dir: Path, log
             "params": params, "final_loss": sum(tail) / len(tail) if tail else None,
             "it_s_median": speeds[len(speeds) // 2] if speeds else None, "loss_curve": losses, "scores": scores,
             "val": val}
+
+
+def _start_record(v: Variant) -> dict:
+    """Where variant ``v`` starts: its ``init_from`` and a digest of that checkpoint's weights file (the EMA
+    weights a warm start reads), so a run started from older weights is not reused as if from the new ones."""
+    if v.init_from is None:
+        return {"init_from": None}
+    import hashlib
+
+    from moviola.io.checkpoint import resolve_checkpoint, weights_name
+
+    path = Path(v.init_from)
+    if path.is_dir():
+        ckpt = resolve_checkpoint(path)
+        path = ckpt / f"{weights_name(ckpt, 'ema')}.safetensors"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"init_from": v.init_from, "sha256": digest.hexdigest()}
 
 
 def _pair_validation(results: list[dict]) -> None:
