@@ -60,6 +60,8 @@ def ckpts(tmp_path_factory):
             "up32": write_checkpoint(root / "up32", *UPSAMPLER, "data.size=32"),  # 16×16 → 32×32
             "walt_up": write_checkpoint(root / "walt_up", *UPSAMPLER, "data.size=32", family=WALT),
             "interp": write_checkpoint(root / "interp", *INTERP),  # 9 frames: 3 keyframes a window
+            "up_offset": write_checkpoint(root / "up_offset", *UPSAMPLER, "diffusion.steps_offset=1"),
+            "up_scaled": write_checkpoint(root / "up_scaled", *UPSAMPLER, "diffusion.x0_scale.scale_b=0.7"),
             "plain": write_checkpoint(root / "plain", *BASE, "conditions.context_frames=true",
                                       "conditions.context_mode=prefix2", "data.size=16")}
 
@@ -269,6 +271,11 @@ def cascade_file(tmp_path: Path, text: str) -> Path:
     ("base: ckpt/base\nlabels: [1]\nprompt: a red circle\n", ["prompt", "no model", "text"]),
     ("base: {checkpoint: ckpt/base, long: fifo}\nlabels: [1]\n", ["base.long", "num_frames"]),
     ("base: ckpt/base\nlabels: [1]\nstages:\n  - {upsample: ckpt/up, steps: 5000}\n", ["stages[0].steps", "1000"]),
+    # the pipeline's own sampler rules, checked before the first stage computes
+    ("base: ckpt/base\nlabels: [1]\nstages:\n  - {upsample: ckpt/up_offset, steps: 1000}\n",
+     ["stages[0].steps", "steps_offset=1"]),
+    ("base: ckpt/base\nlabels: [1]\nstages:\n  - {upsample: ckpt/up_scaled, sampler: ddpm}\n",
+     ["stages[0].sampler", "x0_scale"]),
 ])
 def test_cascade_file_errors_are_one_line_and_come_before_any_weights(ckpts, tmp_path, monkeypatch, text, words):
     monkeypatch.setattr(cascade_mod, "load_pipeline", lambda *a, **k: pytest.fail("loaded weights before the error"))

@@ -409,9 +409,19 @@ def _videos(cascade: Cascade, configs: Sequence[RunConfig]) -> tuple[Optional[li
 
 
 def _check_steps(cascade: Cascade, where: str, sampling: StageSampling, cfg: RunConfig) -> None:
-    n = cfg.diffusion.num_timesteps
-    if sampling.steps is not None and sampling.steps > n:
-        raise _error(cascade, f"{where}.steps", f"{sampling.steps} is more than the schedule's {n} timesteps")
+    """The stage's sampler and step count against its checkpoint's diffusion section, as the pipeline will check
+    them (``Pipeline._check_schedule``) — here, before any stage has computed."""
+    d, n = cfg.diffusion, cfg.diffusion.num_timesteps
+    steps = sampling.steps if sampling.steps is not None else cfg.sample.steps
+    sampler = sampling.sampler if sampling.sampler is not None else cfg.sample.sampler
+    if steps > n:
+        raise _error(cascade, f"{where}.steps", f"{steps} is more than the schedule's {n} timesteps")
+    if sampler == "ddpm" and d.x0_scale is not None:
+        raise _error(cascade, f"{where}.sampler", "ddpm has no step for this checkpoint's x0-scaled process "
+                                                  "(diffusion.x0_scale): use ddim or dpm++2m")
+    if d.steps_offset and (steps - 1) * (n // steps) + d.steps_offset >= n:
+        raise _error(cascade, f"{where}.steps", f"{steps} steps with diffusion.steps_offset={d.steps_offset} go "
+                                                f"past the schedule's last timestep ({n - 1}): take fewer")
 
 
 def _plan_upsample(stage: Upsample, cfg: RunConfig, T: int, size: tuple[int, int]):
