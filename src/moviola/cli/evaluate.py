@@ -38,7 +38,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                                          "class (from its label or its caption) and score")
     es.add_argument("--image-to-video", action="store_true", help="also give each video the first frame of a "
                                                                      "test clip of its class; adds frame-0 PSNR")
-    es.add_argument("--videos", help="a folder with manifest.jsonl or captions.jsonl: score its files")
+    es.add_argument("--videos", help="a folder with manifest.jsonl, captions.jsonl or captions.csv (labels, "
+                                     "colour/shape/direction or Moving Shapes captions), or such a .jsonl/.csv "
+                                     "manifest: score its files")
     es.add_argument("--per-class", type=int, default=1, help="videos per class (48 classes)")
     es.add_argument("--steps", type=int, default=50, help="sampling steps")
     es.add_argument("--frames", type=int, help="sample this many frames (default: the training length); a longer "

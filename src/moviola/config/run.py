@@ -111,8 +111,15 @@ class ShapesPalette:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["shapes", "folder", "images"] = "shapes"  # folder: videos; images: one-frame videos
+    # folder: videos; images: one-frame videos; frames: folders of frames; ucf101: UCF-101's official layout
+    dataset: Literal["shapes", "folder", "images", "frames", "ucf101"] = "shapes"
     root: Optional[str] = None  # folder datasets
+    # folder/images/frames: a manifest listing the items and their captions (relative to data.root unless absolute):
+    # JSONL (file|path, caption|text), CSV path,text (Open-Sora) or WebVid's (docs/own-data.md); null: walk data.root
+    captions: Optional[str] = None
+    split: Literal["train", "test"] = "train"  # ucf101: which list of the official split
+    ucf_split: int = 1  # ucf101: official split 1, 2 or 3 (trainlist0N.txt / testlist0N.txt)
+    split_file: Optional[str] = None  # ucf101: this list instead (relative to data.root unless absolute)
     size: int = 32
     frames: int = 16
     frame_stride: int = 1  # every clip takes every n-th frame of its source (Moving Shapes: of a longer clip)

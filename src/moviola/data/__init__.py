@@ -6,9 +6,22 @@ def check_data(cfg) -> None:
     """Refusals a ``data:`` section earns before anything is built: a ConfigError naming the keys."""
     from moviola.config import ConfigError
 
-    if cfg.clip_start != "first" and cfg.dataset != "folder":
+    clips = ("folder", "frames", "ucf101")  # datasets of longer videos a clip is cut from
+    if cfg.clip_start != "first" and cfg.dataset not in clips:
         raise ConfigError(f"data.clip_start={cfg.clip_start} picks where a clip starts in a video file: it applies to "
-                          f"data.dataset=folder, not {cfg.dataset} (leave it at first)")
+                          f"data.dataset=folder, frames or ucf101, not {cfg.dataset} (leave it at first)")
+    if cfg.dataset in ("frames", "ucf101") and not cfg.root:
+        raise ConfigError(f"data.dataset={cfg.dataset} needs data.root (a folder of "
+                          f"{'frame folders' if cfg.dataset == 'frames' else 'UCF-101 class folders'})")
+    if getattr(cfg, "captions", None) and cfg.dataset not in ("folder", "images", "frames"):
+        raise ConfigError(f"data.captions names a caption manifest of a folder: it applies to data.dataset=folder, "
+                          f"images or frames, not {cfg.dataset}")
+    if cfg.dataset != "ucf101" and (getattr(cfg, "split_file", None) or getattr(cfg, "split", "train") != "train"
+                                    or getattr(cfg, "ucf_split", 1) != 1):
+        raise ConfigError(f"data.split, data.ucf_split and data.split_file choose a UCF-101 split list: they apply "
+                          f"to data.dataset=ucf101, not {cfg.dataset}")
+    if cfg.dataset == "ucf101" and getattr(cfg, "ucf_split", 1) not in (1, 2, 3):
+        raise ConfigError(f"data.ucf_split={cfg.ucf_split}: UCF-101 has official splits 1, 2 and 3")
     if cfg.dataset == "shapes" and not cfg.bounce:  # the object must stay inside for the whole span of motion
         from moviola.data.shapes import SIZES, max_frames_without_bounce, span
         from moviola.data.strides import strides_of
@@ -38,12 +51,15 @@ def build_dataset(cfg, split: str = "train"):
     if cfg.dataset == "images":  # image diffusion: one-frame videos (data.frames must be 1)
         from moviola.data.folders import ImageFolder
 
-        return ImageFolder(cfg.root, size=cfg.size)
-    from moviola.data.folders import VideoFolder
+        return ImageFolder(cfg.root, size=cfg.size, manifest=getattr(cfg, "captions", None) or None)
+    from moviola.data.folders import UCF101, FrameFolder, VideoFolder
 
-    return VideoFolder(cfg.root, frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size,
-                       random_offset=cfg.clip_start == "random", offset_seed=cfg.seed,
-                       strides=strides, stride_seed=cfg.seed)
+    clips = dict(frames=cfg.frames, stride=cfg.frame_stride, size=cfg.size, random_offset=cfg.clip_start == "random",
+                 offset_seed=cfg.seed, strides=strides, stride_seed=cfg.seed)
+    if cfg.dataset == "ucf101":
+        return UCF101(cfg.root, split=cfg.split, fold=cfg.ucf_split, split_file=cfg.split_file, **clips)
+    kind = FrameFolder if cfg.dataset == "frames" else VideoFolder
+    return kind(cfg.root, manifest=getattr(cfg, "captions", None) or None, **clips)
 
 
 def known_classes(cfg) -> "tuple[str, int] | None":

@@ -1,7 +1,11 @@
 """Folders of video or image files as datasets, with captions from a ``captions.jsonl`` beside them.
 
 :class:`VideoFolder` gives clips; :class:`ImageFolder` gives single images as one-frame videos
-``(3, 1, H, W)`` (for joint image-video training). Real folders contain broken files. Rather than
+``(3, 1, H, W)`` (for joint image-video training); :class:`FrameFolder` gives clips of videos stored as folders
+of frames (SkyTimelapse, Taichi-HD, FaceForensics); :class:`UCF101` the files of an official UCF-101 split list.
+Given ``manifest`` (a CSV or JSONL caption manifest, data/manifests.py), a folder's items are the files it lists,
+relative paths resolved against the manifest's folder; its rows naming a missing file are skipped as
+``missing_file``, rows without a caption as ``no_caption``. Real folders contain broken files. Rather than
 crash an hour into training, bad items are skipped and counted in ``dataset.skipped``
 (reason -> count):
 
@@ -40,6 +44,8 @@ needs ``(frames - 1) * its stride + 1`` frames (else ``too_short``), and its ite
 from __future__ import annotations
 
 import json
+import os
+import re
 import warnings
 import zlib
 from collections import Counter
@@ -50,6 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from moviola.data.manifests import read_manifest, resolve
 from moviola.data.strides import check_strides, draw_stride
 from moviola.data.transforms import SizeLike, resize_and_crop, to_hw
 from moviola.video import VideoDecodeError, from_uint8, probe_video, read_video
@@ -57,7 +64,8 @@ from moviola.video import VideoDecodeError, from_uint8, probe_video, read_video
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".gif", ".webm", ".avi")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageFolder", "VideoFolder"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "FrameFolder", "ImageFolder", "UCF101", "VideoFolder", "natural_key",
+           "readable_class"]
 
 
 class _TooShort(Exception):
@@ -103,37 +111,65 @@ class _MediaFolder(Dataset):
         return sorted(p for p in self.root.rglob("*")
                       if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
 
-    def _load_captions(self, captions: Optional[Union[str, Path]]) -> dict[str, dict]:
+    def _name(self, path: Path) -> str:
+        """How items and caption records name ``path``: relative to ``root`` (posix), or absolute if outside it."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            pass
+        absolute = Path(os.path.abspath(path))
+        try:
+            return absolute.relative_to(os.path.abspath(self.root)).as_posix()
+        except ValueError:
+            return absolute.as_posix()
+
+    def _load_captions(self, captions: Optional[Union[str, Path]], manifest: bool = False) -> dict[str, dict]:
+        """The caption records of ``captions`` (data/manifests.py: JSONL with file|path and caption|text, CSV
+        path,text or WebVid's), keyed by :meth:`_name`; relative paths resolve against the file's folder. With
+        ``manifest`` the file also lists the items (``self._listed``): a row naming a missing file is skipped as
+        ``missing_file``, one without a caption as ``no_caption``; without it the folder is walked and records
+        without a caption are fine (labels only)."""
         self.caption_lines = {}
+        self._listed: Optional[list[Path]] = None
         if captions is None:
             return {}
-        path = Path(captions)
+        path = Path(captions).expanduser()
         path = path if path.is_absolute() else self.root / path
         if not path.exists() and not path.is_symlink():
+            if manifest:
+                raise ValueError(f"caption manifest {str(path)!r} does not exist")
             return {}
         self.captions_path = path
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            rows = read_manifest(path)
         except OSError as e:  # a directory, a dangling link, no permission: go on without captions
+            if manifest:
+                raise ValueError(f"cannot read caption manifest {str(path)!r} ({type(e).__name__}: {e})") from e
             self.skipped["unreadable_caption_file"] += 1
             warnings.warn(f"cannot read caption file {str(path)!r} ({type(e).__name__}: {e}); "
                           "using the folder without captions", stacklevel=3)
             return {}
         table: dict[str, dict] = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        listed: list[Path] = []
+        for number, record in rows:
+            if record is None or record.get("file") is None:
                 self.skipped["bad_caption_line"] += 1
                 continue
-            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
-                self.skipped["bad_caption_line"] += 1
-                continue
-            name = str(PurePosixPath(record["file"]))
-            table[name] = record
+            target = resolve(path, record["file"])
+            name = self._name(target)
+            if manifest:
+                if not target.exists():
+                    self._skip(target, "missing_file")
+                    continue
+                if not isinstance(record.get("caption"), str) or not record["caption"].strip():
+                    self._skip(target, "no_caption")
+                    continue
+                if name not in table:
+                    listed.append(target)
+            table[name] = {**record, "file": name}
             self.caption_lines[name] = number
+        if manifest:
+            self._listed = listed
         return table
 
     def check_captions(self, num_classes: int = 0, text: bool = False) -> None:
@@ -152,7 +188,7 @@ class _MediaFolder(Dataset):
     def _skip(self, path: Path, reason: str) -> None:
         """Count a file found unusable at init, and remember its name."""
         self.skipped[reason] += 1
-        self.skipped_files[path.relative_to(self.root).as_posix()] = reason
+        self.skipped_files[self._name(path)] = reason
 
     def __len__(self) -> int:
         return len(self.files)
@@ -160,12 +196,12 @@ class _MediaFolder(Dataset):
     @property
     def bad_items(self) -> dict[str, str]:
         """Files this process found unusable while reading (not at init): relative path -> reason."""
-        return {self.files[i].relative_to(self.root).as_posix(): why for i, why in self._bad.items()}
+        return {self._name(self.files[i]): why for i, why in self._bad.items()}
 
     def mark_bad(self, items: dict[str, str]) -> None:
         """Take files found unusable when read elsewhere (relative path -> reason; a latent cache keeps what
         its encoding found) as if read here: skipped, counted and in :attr:`bad_items`."""
-        index = {f.relative_to(self.root).as_posix(): i for i, f in enumerate(self.files)}
+        index = {self._name(f): i for i, f in enumerate(self.files)}
         for name, reason in items.items():
             i = index.get(name)
             if i is not None and i not in self._bad:
@@ -212,7 +248,7 @@ class _MediaFolder(Dataset):
 
     def _item(self, i: int, clip: np.ndarray) -> dict:
         video = resize_and_crop(from_uint8(clip), self.size)  # (3, T, H, W) in [-1, 1]
-        record = self.captions.get(self.files[i].relative_to(self.root).as_posix(), {})
+        record = self.captions.get(self._name(self.files[i]), {})
         label = record.get("label", -1)
         if not isinstance(label, int) or isinstance(label, bool) or not -2**63 <= label < 2**63:
             label = -1
@@ -248,10 +284,11 @@ class VideoFolder(_MediaFolder):
         offset_seed: Optional[int] = None,
         strides: Optional[Sequence[int]] = None,
         stride_seed: int = 0,
+        manifest: Optional[Union[str, Path]] = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ValueError(f"video folder {str(self.root)!r} does not exist or is not a directory")
+            raise ValueError(f"{self.kind} folder {str(self.root)!r} does not exist or is not a directory")
         if not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames must be a positive int, got {frames!r}")
         if not isinstance(stride, int) or stride < 1:
@@ -263,20 +300,21 @@ class VideoFolder(_MediaFolder):
         self.offset_seed = offset_seed
         self.skipped: Counter[str] = Counter()
         self.skipped_files: dict[str, str] = {}
-        self.captions = self._load_captions(captions)
+        self.captions = (self._load_captions(manifest, manifest=True) if manifest is not None
+                         else self._load_captions(captions))
 
-        candidates = self._find(VIDEO_SUFFIXES)
+        candidates = self._listed if self._listed is not None else self._candidates()
         self.files: list[Path] = []
         self._lengths: list[Optional[int]] = []  # frame count from the header, None if unknown
         for path in candidates:
-            if path.stat().st_size == 0:
+            if self._empty(path):
                 self._skip(path, "empty")
                 continue
             length = None
             if probe:
                 try:
-                    length = probe_video(path)["frames"]
-                except VideoDecodeError:
+                    length = self._length(path)
+                except (VideoDecodeError, _Unreadable, OSError):
                     self._skip(path, "unreadable")
                     continue
                 if length is not None and length < self._span(path):
@@ -288,15 +326,28 @@ class VideoFolder(_MediaFolder):
             need = (f"{self.span} frames each" if self.strides is None else
                     f"(frames - 1) * stride + 1 frames each at its stride, {min(self.strides)} .. {max(self.strides)}")
             raise ValueError(
-                f"no usable video in {str(self.root)!r}: {len(candidates)} files with suffixes "
-                f"{', '.join(VIDEO_SUFFIXES)}, skipped {dict(self.skipped)} (need {need})"
+                f"no usable {self.kind} in {str(self.root)!r}: {len(candidates)} {self._what}, "
+                f"skipped {dict(self.skipped)} (need {need})"
             )
         self._bad: dict[int, str] = {}  # index -> reason, found while reading
+
+    _what = f"files with suffixes {', '.join(VIDEO_SUFFIXES)}"
+
+    def _candidates(self) -> list[Path]:
+        """The items a walk of ``root`` finds (without a manifest)."""
+        return self._find(VIDEO_SUFFIXES)
+
+    def _empty(self, path: Path) -> bool:
+        return path.stat().st_size == 0
+
+    def _length(self, path: Path) -> Optional[int]:
+        """The item's frame count read cheaply at init (None if unknown); raises if it cannot be read."""
+        return probe_video(path)["frames"]
 
     def _stride_of_path(self, path: Path) -> int:
         if self.strides is None:
             return self.stride
-        name = zlib.crc32(path.relative_to(self.root).as_posix().encode())  # the file, not its index (as _offset)
+        name = zlib.crc32(self._name(path).encode())  # the file, not its index (as _offset)
         return draw_stride(self.strides, self.stride_seed, name)
 
     def _span(self, path: Path) -> int:
@@ -312,7 +363,7 @@ class VideoFolder(_MediaFolder):
         if not self.random_offset or length <= span:
             return 0
         if self.offset_seed is not None:  # a pure function of (offset_seed, the file): every epoch, run and worker agree
-            name = zlib.crc32(self.files[i].relative_to(self.root).as_posix().encode())  # not i: files may come and go
+            name = zlib.crc32(self._name(self.files[i]).encode())  # not i: files may come and go
             return int(np.random.default_rng([self.offset_seed, name]).integers(0, length - span + 1))
         # torch's RNG: seeded by torch.manual_seed and distinct per DataLoader worker
         return int(torch.randint(0, length - span + 1, ()).item())
@@ -354,15 +405,17 @@ class ImageFolder(_MediaFolder):
     kind = "image"
 
     def __init__(self, root: Union[str, Path], size: SizeLike = 32,
-                 captions: Optional[Union[str, Path]] = "captions.jsonl", probe: bool = True) -> None:
+                 captions: Optional[Union[str, Path]] = "captions.jsonl", probe: bool = True,
+                 manifest: Optional[Union[str, Path]] = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"image folder {str(self.root)!r} does not exist or is not a directory")
         self.size = to_hw(size)
         self.skipped: Counter[str] = Counter()
         self.skipped_files: dict[str, str] = {}
-        self.captions = self._load_captions(captions)
-        candidates = self._find(IMAGE_SUFFIXES)
+        self.captions = (self._load_captions(manifest, manifest=True) if manifest is not None
+                         else self._load_captions(captions))
+        candidates = self._listed if self._listed is not None else self._find(IMAGE_SUFFIXES)
         self.files: list[Path] = []
         for path in candidates:
             if path.stat().st_size == 0:
@@ -398,3 +451,143 @@ class ImageFolder(_MediaFolder):
 
     def _read(self, i: int) -> np.ndarray:
         return self._open(self.files[i])[None]  # (H, W, 3) -> (1, H, W, 3): a one-frame video
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders numbers by value: ``frame2.png`` before ``frame10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+class FrameFolder(VideoFolder):
+    """Videos stored as folders of frames (SkyTimelapse, Taichi-HD, FaceForensics preprocessed): each folder
+    that directly holds image files (png, jpg, ...) is one video, its frames in natural order (``2.png`` before
+    ``10.png``), found at any depth (``video_0001/00001.png``, SkyTimelapse's ``sky_train/<id>/<clip>/*.jpg``).
+
+    Clips, strides, sizes, offsets, captions (keyed by the folder's path relative to ``root``) and bad-item
+    skipping are :class:`VideoFolder`'s: a folder with fewer frames than a clip spans is ``too_short`` at init,
+    a listed folder with no frame is ``empty``, a frame that does not decode (or frames of different sizes)
+    makes the folder ``unreadable`` when read."""
+
+    kind = "frame folder"
+    _what = f"folders of frames with suffixes {', '.join(IMAGE_SUFFIXES)}"
+
+    def _frames(self, path: Path) -> list[Path]:
+        cache = self.__dict__.setdefault("_frame_lists", {})
+        if path not in cache:
+            if not path.is_dir():
+                raise _Unreadable(f"{path} is not a folder")
+            cache[path] = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                                  and not p.name.startswith(".") and p.is_file()), key=lambda p: natural_key(p.name))
+        return cache[path]
+
+    def _candidates(self) -> list[Path]:
+        folders = {p.parent for p in self.root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()}
+        return sorted(folders, key=lambda p: natural_key(self._name(p)))
+
+    def _empty(self, path: Path) -> bool:
+        try:
+            return not self._frames(path)
+        except _Unreadable:
+            return False  # not a folder: probing finds it unreadable
+
+    def _length(self, path: Path) -> Optional[int]:
+        return len(self._frames(path))
+
+    def _read(self, i: int) -> np.ndarray:
+        frames = self._frames(self.files[i])
+        stride, span = self.stride_of(i), self._span(self.files[i])
+        if len(frames) < span:
+            raise _TooShort
+        start = self._offset(i, len(frames))
+        picked = [ImageFolder._open(p) for p in frames[start : start + span : stride]]
+        if len({f.shape for f in picked}) != 1:
+            raise _Unreadable(f"frames of different sizes in {self.files[i]}")
+        return np.stack(picked)
+
+
+def readable_class(name: str) -> str:
+    """A CamelCase class name as words: ``ApplyEyeMakeup`` -> ``apply eye makeup``, ``YoYo`` -> ``yo yo``."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|_", " ", name)
+    return " ".join(words.lower().split())
+
+
+class UCF101(VideoFolder):
+    """UCF-101 in its official layout: ``root`` holds the class folders (``ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi``)
+    and the items are the files one official split list names.
+
+    The list is ``split_file`` (a path, relative to ``root`` unless absolute), else ``<split>list0<fold>.txt``
+    (``trainlist01.txt`` .. ``testlist03.txt``) in ``root/ucfTrainTestlist``, ``root/../ucfTrainTestlist`` or
+    ``root``. Train lines are ``<class>/<file> <1-based label>``, test lines ``<class>/<file>``. Labels come from
+    ``classInd.txt`` beside the list (``1 ApplyEyeMakeup`` is label 0), by each file's class folder; the caption is
+    the class name in words (``apply eye makeup``). A listed file that is missing is skipped as ``missing_file``,
+    a line whose class is not in classInd.txt as ``bad_caption_line``. ``classes``: the class names by label.
+    """
+
+    kind = "UCF-101 video"
+
+    def __init__(self, root: Union[str, Path], split: str = "train", fold: int = 1,
+                 split_file: Optional[Union[str, Path]] = None, **kwargs) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"UCF-101 split must be train or test, got {split!r}")
+        if fold not in (1, 2, 3):
+            raise ValueError(f"UCF-101 has official splits 1, 2 and 3, got {fold!r}")
+        self._split, self._fold, self._split_file = split, fold, split_file
+        kwargs.pop("captions", None)
+        kwargs.pop("manifest", None)
+        super().__init__(root, captions="<split list>", **kwargs)
+
+    def _find_list(self) -> Path:
+        root = Path(self.root)
+        if self._split_file is not None:
+            path = Path(self._split_file).expanduser()
+            path = path if path.is_absolute() else root / path
+            if not path.is_file():
+                raise ValueError(f"UCF-101 split file {str(path)!r} does not exist")
+            return path
+        name = f"{self._split}list0{self._fold}.txt"
+        places = [root / "ucfTrainTestlist", root.parent / "ucfTrainTestlist", root]
+        for place in places:
+            if (place / name).is_file():
+                return place / name
+        raise ValueError(f"no UCF-101 split list {name} in {', '.join(str(p) for p in places)}: give its path as "
+                         "data.split_file")
+
+    def _load_captions(self, captions, manifest: bool = False) -> dict[str, dict]:
+        self.caption_lines = {}
+        listing = self._find_list()
+        index_file = listing.parent / "classInd.txt"
+        if not index_file.is_file():
+            raise ValueError(f"UCF-101: no classInd.txt beside {listing} (lines like '1 ApplyEyeMakeup')")
+        by_number: dict[int, str] = {}
+        for line in index_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit():
+                by_number[int(parts[0])] = parts[1]
+        if not by_number or sorted(by_number) != list(range(1, len(by_number) + 1)):
+            raise ValueError(f"{index_file}: class numbers must run 1..N, one '<number> <ClassName>' a line")
+        self.classes = [by_number[k] for k in range(1, len(by_number) + 1)]
+        label_of = {c.lower(): k for k, c in enumerate(self.classes)}
+        self.captions_path = listing
+        table: dict[str, dict] = {}
+        listed: list[Path] = []
+        for number, line in enumerate(listing.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            rel = PurePosixPath(parts[0].replace("\\", "/"))
+            label = label_of.get(rel.parts[0].lower()) if len(rel.parts) > 1 else None
+            target = Path(os.path.normpath(self.root / rel))
+            if label is None:
+                self.skipped["bad_caption_line"] += 1
+                continue
+            if not target.exists():
+                self._skip(target, "missing_file")
+                continue
+            name = self._name(target)
+            if name not in table:
+                listed.append(target)
+            table[name] = {"file": name, "label": label, "caption": readable_class(self.classes[label])}
+            self.caption_lines[name] = number
+        self._listed = listed
+        return table

@@ -2,19 +2,19 @@
 
 ``evaluate_checkpoint`` samples ``per_class`` videos of every class (seed ``seed + i`` for
 video i; from labels or from captions) and scores them, optionally as image-to-video; ``evaluate_folder`` scores files listed in a ``manifest.jsonl``
-(from ``moviola sample --out-dir``) or ``captions.jsonl`` (from ``moviola data shapes``).
+(from ``moviola sample --out-dir``), ``captions.jsonl`` (from ``moviola data shapes``) or a CSV/JSONL caption
+manifest whose captions are Moving Shapes captions.
 Both report the seen combinations and the compositional hold-out separately.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Optional, Union
 
-from moviola.data.shapes import HOLDOUT, NUM_CLASSES, MovingShapes, caption, label_to_attributes
+from moviola.data.shapes import HOLDOUT, NUM_CLASSES, MovingShapes, caption, label_to_attributes, parse_caption
 from moviola.eval.shapes_score import score_batch
 
 
@@ -137,37 +137,61 @@ def evaluate_folder(folder: Union[str, Path], progress: bool = False) -> dict:
     return summarize(videos, targets)
 
 
+LISTINGS = ("manifest.jsonl", "captions.jsonl", "captions.csv", "manifest.csv")
+
+
+def _target(row: dict):
+    """A listing row's Moving Shapes target: its label, its colour/shape/direction, or those of its caption
+    (``caption`` or ``text``: "a red circle moving right"); None if it has none of them."""
+    if "label" in row:
+        return row["label"]
+    if all(k in row for k in ("colour", "shape", "direction")):
+        return {k: row[k] for k in ("colour", "shape", "direction")}
+    text = row.get("caption")
+    words = parse_caption(text) if isinstance(text, str) else None
+    if words is not None:
+        return dict(zip(("colour", "shape", "direction"), words))
+    return None
+
+
 def read_folder(folder: Union[str, Path], progress: bool = False, desc: str = "eval shapes") -> tuple[list, list]:
-    """The videos (uint8 ``(T,H,W,3)``) a folder's manifest.jsonl (or captions.jsonl) lists and their targets
-    (labels or ``dict(colour, shape, direction)``); ``progress``: a bar over them, named ``desc``."""
+    """The videos (uint8 ``(T,H,W,3)``) a folder's listing names and their targets (labels or
+    ``dict(colour, shape, direction)``); ``progress``: a bar over them, named ``desc``.
+
+    The listing is the folder's manifest.jsonl (moviola sample --out-dir), captions.jsonl (moviola data shapes),
+    captions.csv or manifest.csv, or ``folder`` itself when it is a .jsonl or .csv manifest. Rows name their
+    file in ``file`` or ``path`` (CSV: also WebVid's ``page_dir`` + ``videoid``; relative to the listing's folder)
+    and their target as ``label``, ``colour``/``shape``/``direction``, or a Moving Shapes caption in
+    ``caption``/``text`` (CSV: also ``name``) that :func:`moviola.data.shapes.parse_caption` reads."""
     from tqdm import tqdm
 
+    from moviola.data.manifests import read_manifest, resolve
     from moviola.video import read_video
 
     folder = Path(folder)
     if folder.is_file():
-        raise ValueError(f"{folder} is a file: give the folder that holds the videos and their manifest.jsonl "
-                         "(moviola sample --out-dir) or captions.jsonl (moviola data shapes)")
-    listing = next((folder / n for n in ("manifest.jsonl", "captions.jsonl") if (folder / n).is_file()), None)
+        if folder.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"{folder} is a file: give the folder that holds the videos and their manifest.jsonl "
+                             "(moviola sample --out-dir) or captions.jsonl (moviola data shapes), or a .jsonl or "
+                             ".csv manifest")
+        listing = folder
+    else:
+        listing = next((folder / n for n in LISTINGS if (folder / n).is_file()), None)
     if listing is None:
-        raise FileNotFoundError(f"{folder} has no manifest.jsonl or captions.jsonl listing the videos and their labels")
+        raise FileNotFoundError(f"{folder} has no {', '.join(LISTINGS)} listing the videos and their labels")
     videos, targets = [], []
-    lines = [line for line in listing.read_text().splitlines() if line.strip()]
-    for line in tqdm(lines, desc=desc, unit="video", disable=not progress, file=sys.stderr,
-                     dynamic_ncols=True):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{listing}: a line that is not JSON: {line[:80]}") from None
-        if not isinstance(row, dict) or "file" not in row:
-            raise ValueError(f"{listing}: a row without \"file\": {line[:80]}")
-        if "label" in row:
-            target = row["label"]
-        elif all(k in row for k in ("colour", "shape", "direction")):
-            target = {k: row[k] for k in ("colour", "shape", "direction")}
-        else:
-            raise ValueError(f"{listing}: a row without label or colour/shape/direction: {line[:80]}")
-        videos.append(read_video(folder / row["file"]))
+    lines = read_manifest(listing)
+    for number, row in tqdm(lines, desc=desc, unit="video", disable=not progress, file=sys.stderr,
+                            dynamic_ncols=True):
+        if row is None:
+            raise ValueError(f"{listing} line {number}: not a JSON object")
+        if row.get("file") is None:
+            raise ValueError(f"{listing} line {number}: a row without \"file\" (or \"path\")")
+        target = _target(row)
+        if target is None:
+            raise ValueError(f"{listing} line {number}: a row without label, colour/shape/direction or a Moving "
+                             f"Shapes caption (\"a red circle moving right\"): {str(row)[:80]}")
+        videos.append(read_video(resolve(listing, row["file"])))
         targets.append(target)
     if not videos:
         raise ValueError(f"{listing} lists no videos")
