@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -26,6 +27,9 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     _add_run_args(t, "configs/shapes/latte-tiny.yaml")
     t.add_argument("--init-from", metavar="PATH", help="an image DiT state dict (.pt): fills the frame-wise layers; "
                                                       "or a moviola checkpoint directory: warm start from all its weights")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training on N processes on this machine: runs torchrun --standalone "
+                        "--nproc_per_node N -m moviola train ... --set train.parallel=ddp (docs/scale.md)")
 
     tv = sub.add_parser("train-vae", help="train an autoencoder (frame VAE, causal 3-D VAE, temporal decoder) "
                                           "from a YAML config")
@@ -86,10 +90,31 @@ def _overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return implied + named, [parse_override(item)[0] for item in named]
 
 
+def nproc_command(argv: list[str], nproc: int) -> list[str]:
+    """The torchrun command that ``moviola train ... --nproc N`` (``argv``: the arguments after ``moviola``) runs."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "moviola", *rest, "--set", "train.parallel=ddp"]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from moviola.config import load_config
     from moviola.training import trainer_for
 
+    if getattr(args, "nproc", None) is not None:
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be 1 or more (got {args.nproc})")
+        command = nproc_command(sys.argv[1:], args.nproc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)  # (does not return)
     check_text_file(args.config, "CONFIG")
     overrides, named = _overrides(args)
     run_dir = Path(args.run_dir) if args.run_dir else None
@@ -110,10 +135,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = trainer_for(cfg)(cfg, run_dir, resume=args.resume, quiet=args.quiet,
                           init_from=getattr(args, "init_from", None))
         last = trainer.train()
+        if trainer.world_size > 1:  # train.parallel=ddp: all ranks are done; leave the process group together
+            from moviola.training import distributed
+
+            distributed.destroy(wait=True)
     except USER_ERRORS:
         if created is not None and not any((run_dir / "checkpoints").glob("step_*")):
             shutil.rmtree(created, ignore_errors=True)
         raise
+    if trainer.rank != 0:  # (train.parallel=ddp) rank 0 reports for the run
+        return 128 + signal.Signals[trainer.stopped_by].value if trainer.stopped_by else 0
     print(json.dumps({"run_dir": str(run_dir), **{k: v for k, v in last.items() if k != "time"}}))
     if trainer.stopped_by:
         print(f"moviola: stopped by {trainer.stopped_by} at step {trainer.step}; checkpoint written; "

@@ -208,6 +208,11 @@ class TrainConfig:
     # random crop×crop window of its latent, the same for all frames (a U-Net family only: its weights do not
     # depend on the frame size); a low-resolution latent is cropped at the matching window. 0 = whole frames
     crop: int = 0
+    # data parallel (docs/scale.md): none = one process; ddp = DistributedDataParallel, one process per device,
+    # launched by torchrun (or moviola train --nproc N). train.batch_size is the batch of one process and one
+    # micro-step: a step's global batch is batch_size × processes × grad_accum
+    parallel: Literal["none", "ddp"] = "none"
+    grad_accum: int = 1  # micro-batches per optimizer step (gradients summed; DDP syncs on the last one only)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from moviola.config import ConfigError, RunConfig, config_changes, config_from_j
 from moviola.data import build_dataset, check_classes, known_classes
 from moviola.io.checkpoint import CheckpointWriteError, list_checkpoints, resolve_checkpoint
 from moviola.io.files import atomic_write_text
+from moviola.training import distributed
 from moviola.training.data import BatchPlan, step_batches
 from moviola.training.task import Task
 from moviola.utils import bf16_matmul_slowdown, native_bf16, resolve_device, resolve_precision
@@ -123,8 +124,11 @@ class RunLoop:
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         self.on_step = on_step
-        self.device = resolve_device(cfg.train.device)
-        self.rank, self.world_size = 0, 1  # one process (training/distributed.py will set these)
+        self._check_parallel(cfg)
+        # one process, or this process's place in a torchrun launch (train.parallel=ddp) and its device
+        self.world, self.device = distributed.init(cfg.train.parallel, resolve_device(cfg.train.device))
+        self.rank, self.world_size = self.world.rank, self.world.world_size
+        self.quiet = quiet = quiet or self.rank != 0  # rank 0 speaks for the run
         if cfg.train.precision == "fp16":
             # fp16 gradients underflow without loss scaling, which the trainer does not do (yet)
             raise ConfigError("train.precision=fp16 is not supported for training (no loss scaling); "
@@ -133,6 +137,7 @@ class RunLoop:
         self._check_run_dir(ckpt_dir, resume, init_from)
         self.precision, self.precision_reason = self._choose_precision()
         self.task = self.task_class(cfg, self.device, self.log, quiet, precision=self.precision)
+        self.task.world = self.world
         known = known_classes(cfg.data)  # a class count that does not fit is refused before the text encoder loads
         if known is not None:
             check_classes(cfg.conditions, *known)
@@ -145,23 +150,35 @@ class RunLoop:
         if len(dataset) == 0:
             raise ConfigError("the training set is empty")
         self.task.check_dataset(dataset)
-        self.plan = BatchPlan(cfg.train.batch_size, cfg.train.seed, self.rank, self.world_size)
+        # a step reads grad_accum micro-batches of train.batch_size at once: the task splits them (task.py)
+        self.plan = BatchPlan(cfg.train.batch_size * cfg.train.grad_accum, cfg.train.seed, self.rank, self.world_size)
         self.task.build(dataset, self.plan, init_from)
         self.dataset = self.task.dataset  # what the task trains on (data.latent_cache wraps the dataset)
         self._init_counters()
         if resume:
             self._load(resolve_checkpoint(ckpt_dir))
-            self._trim_metrics(self.step)
-            self._update_saved_config()
-        else:
+            if self.rank == 0:  # only rank 0 writes the run directory
+                self._trim_metrics(self.step)
+                self._update_saved_config()
+        elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # no checkpoint here: whatever an earlier process logged is work that did not survive
             for name in ("metrics.jsonl", "data_skipped.jsonl"):
                 (self.run_dir / name).unlink(missing_ok=True)
             save_config(cfg, self.run_dir / "config.json")
+        distributed.barrier()  # every rank has checked the run directory before rank 0 changes it
         if cfg.train.precision == "auto":  # a decision this machine made: on record beside the losses
             self._write_metrics({"step": self.step, "precision": self.precision,
                                  "precision_reason": self.precision_reason})
+
+    def _check_parallel(self, cfg: RunConfig) -> None:
+        """train.parallel and train.grad_accum against the task (before any process group is joined)."""
+        t = cfg.train
+        if t.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum must be 1 or more (got {t.grad_accum})")
+        if (t.parallel != "none" or t.grad_accum > 1) and not self.task_class.data_parallel:
+            raise ConfigError(f"train.parallel={t.parallel} with train.grad_accum={t.grad_accum}: the "
+                              f"{t.task} task trains in one process with grad_accum=1 only (yet)")
 
     def _check_run_dir(self, ckpt_dir: Path, resume: bool, init_from: Optional[str]) -> None:
         has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*"))
@@ -238,6 +255,10 @@ class RunLoop:
     # ---------------------------------------------------------------- checkpoints
     def _load(self, path: Path) -> None:
         state = self.task.load(path)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:  # the shards' draws would change (docs/scale.md)
+            raise ConfigError(f"--resume: {path} was written by a run on {saved_world} process(es), this one has "
+                              f"{self.world_size}: resume with the same number of processes")
         self.step = int(state["step"])
         self.bad_steps_total = int(state.get("bad_steps_total", 0))
         self.bad_steps_run = int(state.get("bad_steps_run", 0))
@@ -273,9 +294,12 @@ class RunLoop:
         """Counters and RNG states a resumed run needs to continue exactly."""
         return {**self.task.state(), "bad_steps_total": self.bad_steps_total,
                 "bad_steps_run": self.bad_steps_run, "log_window": [self._window_loss, self._window_n],
-                "data_bad": self.data_bad, "rng": _rng_states(), "torch_version": torch.__version__}
+                "data_bad": self.data_bad, "rng": _rng_states(), "torch_version": torch.__version__,
+                **({"world_size": self.world_size} if self.world_size > 1 else {})}
 
     def save(self) -> Path:
+        if self.rank != 0:  # rank 0 writes the checkpoint; the weights are the same on every rank
+            return self.run_dir / "checkpoints" / f"step_{self.step:08d}"
         return self.task.save(self.run_dir / "checkpoints", self.step, to_dict(self.cfg), self.run_state(),
                               keep_last=self.cfg.train.keep_last)
 
@@ -306,6 +330,8 @@ class RunLoop:
             tqdm.write(msg)
 
     def _write_metrics(self, row: dict) -> None:
+        if self.rank != 0:
+            return
         try:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -337,6 +363,8 @@ class RunLoop:
     def _write_skipped_list(self) -> None:
         """``data_skipped.jsonl``: every unusable item named so far, written whole and renamed into place
         (a crash leaves the previous list, never half of one)."""
+        if self.rank != 0:
+            return
         items = {**self._probe_named, **self.data_bad}
         path = self.run_dir / "data_skipped.jsonl"
         try:
@@ -388,8 +416,12 @@ class RunLoop:
                     last = self._good_step(out, end, bar) or last
                 # a skipped step still counts: the checkpoint cadence, the final checkpoint and a
                 # stop signal must not depend on whether the last step was finite
+                if self.world_size > 1 and distributed.any_true(bool(self._stop_signal), self._sync_device):
+                    self._stop_signal = self._stop_signal or "SIGTERM"  # a signal to any rank stops them all
                 if self._stop_signal or self.step % cfg.train.checkpoint_every == 0 or self.step == end:
                     path = self._checkpoint(final=bool(self._stop_signal) or self.step == end)
+                    if self.world_size > 1 and not distributed.all_true(path is not None, self._sync_device):
+                        path = None  # rank 0's write failed: every rank takes the next step
                     if self._stop_signal and path is not None:  # (a signal during a failed write: one more step)
                         self.stopped_by = self._stop_signal
                         self.log(f"{self.stopped_by}: wrote checkpoint {path}; resume with --resume")
@@ -401,6 +433,10 @@ class RunLoop:
                 signal.signal(sig, h)
             self._stop_signal = None
         return last
+
+    @property
+    def _sync_device(self) -> Optional[torch.device]:
+        return self.device if self.device.type == "cuda" else None  # nccl reduces CUDA tensors, gloo CPU ones
 
     def _bad_step(self, bar: tqdm) -> None:
         """A step the task skipped (non-finite loss or gradient): counted, logged, fatal when too many in a row."""
@@ -433,7 +469,7 @@ class RunLoop:
             bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['it_s']:.2f}")
             self._write_metrics(row)
             self._window_loss, self._window_n, self._t_window = 0.0, 0, time.perf_counter()
-        if t.sample_every and self.step % t.sample_every == 0:
+        if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0:
             self._write_metrics({"step": self.step, **self.task.judge()})
         if self.on_step is not None:
             self.on_step(self.step, out)

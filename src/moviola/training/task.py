@@ -24,6 +24,7 @@ from moviola.data import check_classes
 from moviola.io.checkpoint import (check_state_dict, load_state, load_weights, optimizer_from_flat,
                                   save_checkpoint)
 from moviola.training.data import BatchPlan
+from moviola.training.distributed import World
 from moviola.training.ema import EMA
 from moviola.utils import resolve_precision
 
@@ -54,6 +55,8 @@ class Task:
     has defaults: saving and loading the model, EMA and optimizer, no judge, no extra tensors.
     """
 
+    data_parallel = False  # whether the task's step takes train.parallel=ddp and train.grad_accum > 1
+
     def __init__(self, cfg: RunConfig, device: torch.device, log: Callable[[str], None], quiet: bool = False,
                  precision: Optional[str] = None):
         self.cfg, self.device, self.log, self.quiet = cfg, device, log, quiet
@@ -65,6 +68,7 @@ class Task:
         self.optimizer: torch.optim.Optimizer
         self.dataset = None
         self.plan: BatchPlan
+        self.world = World()  # this process's rank among the run's processes (the loop sets it)
 
     # ---------------------------------------------------------------- building
     def check(self) -> None:
@@ -83,8 +87,13 @@ class Task:
         raise NotImplementedError
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """What the forward pass runs. The one place a distributed wrapper (DDP) will go."""
-        return model
+        """What the forward pass runs: the model, or with train.parallel=ddp its DDP wrapper (which
+        averages the gradients over the ranks in backward)."""
+        if self.world.world_size == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # find_unused_parameters: a step may leave parts unused (a dropped condition's branch, frozen stages)
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     @property
     def raw_model(self) -> nn.Module:

@@ -2,7 +2,15 @@
 on the latents of the run's autoencoder. The run loop around it is ``loop.py``.
 
 Each step draws its timesteps, noise and condition dropout from a generator seeded by
-``(train.seed, step)``, so a resumed run repeats them exactly.
+``(train.seed, step)``, so a resumed run repeats them exactly. A step's global batch is made of
+``S = processes × train.grad_accum`` shards of ``train.batch_size`` examples: shard
+``s = rank · grad_accum + micro`` reads the ``s``-th slice of the global batch (``batch_indices``
+with ``S`` slices) and draws from its own generator, seeded by :func:`draw_seed` ``(seed, step, s)``.
+Shard 0 is seeded as one process always was, so a one-process run without accumulation draws
+exactly what it drew before (``tests/test_golden.py``). So W processes × A micro-batches read and
+draw exactly what one process with ``grad_accum = W·A`` does (the same weights up to the order of
+float sums: ``tests/test_distributed.py``), but not what one process with a W·A-times batch draws:
+a step's draws are per shard, not per example.
 
 An upsampler (``conditions.low_res``) also gets each clip's low-resolution latent: the clip area-downsampled
 by ``conditions.low_res_factor`` and encoded by the same autoencoder (cached beside the latent with
@@ -24,8 +32,10 @@ this task; the names tests and scripts import from here (``TrainingDiverged``, `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -46,6 +56,7 @@ from moviola.diffusion import build_schedule, training_losses  # training_losses
 from moviola.io.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_name
 from moviola.models.registry import FAMILIES, build_model
 from moviola.training.data import BatchPlan, batch_indices, collate  # noqa: F401 (importable from here)
+from moviola.training import distributed
 from moviola.training.ema import EMA
 from moviola.training.loop import CheckpointWriteFailed, RunLoop, TrainingDiverged  # noqa: F401
 from moviola.training.task import Task, lr_at
@@ -115,6 +126,23 @@ def _copy_input_groups(model: torch.nn.Module, new: torch.Tensor, old: torch.Ten
 BUILT_CONDITIONS = ("labels", "text", "context_frames", "self_cond", "fps", "low_res", "noise_level", "image")
 
 
+def draw_seed(seed: int, step: int, shard: int = 0) -> int:
+    """The seed of the generator of shard ``shard`` of step ``step`` (module docstring): shard 0 keeps the
+    one-process seed ``seed · 1000003 + step``; another shard's is a hash of ``(seed, step, shard)``."""
+    if shard == 0:
+        return seed * 1_000_003 + step
+    digest = hashlib.blake2b(f"moviola-draws/{seed}/{step}/{shard}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """A collated batch cut into ``parts`` equal micro-batches along the batch dimension (in order)."""
+    n = len(batch["caption"])
+    size = n // parts
+    return [{k: v[i * size:(i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+            for i in range(parts)]
+
+
 class Draws(NamedTuple):
     """A step's per-example random choices beyond the conditions themselves."""
 
@@ -125,6 +153,8 @@ class Draws(NamedTuple):
 
 class DiffusionTask(Task):
     """The autoencoder (frozen), denoiser, diffusion schedule, EMA and AdamW of a diffusion run."""
+
+    data_parallel = True
 
     def check(self) -> None:
         cfg = self.cfg
@@ -170,7 +200,8 @@ class DiffusionTask(Task):
         self.autoencoder = build_autoencoder(cfg.autoencoder).to(self.device)
         self.image_groups = self._image_groups()  # before the cache is filled: its refusal costs no encoding
         if cfg.data.latent_cache:
-            self._cache_latents()
+            with distributed.rank_zero_first():  # rank 0 fills the cache, the others find it filled
+                self._cache_latents()
         self.schedule = build_schedule(cfg.diffusion)
         model = build_model(cfg.model, cfg.conditions, self.autoencoder.latent_channels).to(self.device)
         if init_from and Path(init_from).is_dir():  # a moviola checkpoint: warm start from its weights
@@ -220,14 +251,20 @@ class DiffusionTask(Task):
         return groups
 
     # ---------------------------------------------------------------- one step
-    def make_batch(self, step: int, batch: Optional[dict] = None
+    def shard(self, micro: int = 0) -> int:
+        """This process's shard of a step's global batch for micro-batch ``micro`` (module docstring)."""
+        return self.world.rank * self.cfg.train.grad_accum + micro
+
+    def make_batch(self, step: int, batch: Optional[dict] = None, micro: int = 0
                    ) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor, "Draws"]:
-        """Step ``step``'s inputs: latents, conditions, timesteps, noise and the per-example draws.
-        ``batch`` is the step's collated items (read here when None)."""
+        """Step ``step``'s inputs of micro-batch ``micro``: latents, conditions, timesteps, noise and the
+        per-example draws. ``batch`` is the micro-batch's collated items (read here when None)."""
         if batch is None:
             batch = self.read_batch(step)
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step)
-        x0, labels, frames, low = self._latents(step, batch)
+            if self.cfg.train.grad_accum > 1:
+                batch = split_batch(batch, self.cfg.train.grad_accum)[micro]
+        g = torch.Generator().manual_seed(draw_seed(self.cfg.train.seed, step, self.shard(micro)))
+        x0, labels, frames, low = self._latents(step, batch, micro)
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
@@ -260,7 +297,7 @@ class DiffusionTask(Task):
         tokens = torch.where(keep.to(tokens.device)[:, None, None], tokens, torch.zeros((), device=tokens.device))
         return tokens, keep
 
-    def _latents(self, step: int, batch: dict
+    def _latents(self, step: int, batch: dict, micro: int = 0
                  ) -> tuple[torch.Tensor, Optional[torch.Tensor], int, Optional[torch.Tensor]]:
         """The batch's latents (B, c, T(+n), h, w), its labels ((B,) or (B, T+n)), its video's latent frames T and,
         for an upsampler, the clean low-resolution latents (B, c, T(+n), h/f, w/f) (else None)."""
@@ -281,8 +318,12 @@ class DiffusionTask(Task):
         labels = batch.get("label")
         if cfg.data.use_image_num:  # Latte+IMG, W.A.L.T: single frames of other clips after each video (data/joint.py)
             idx = self.plan.indices(step, len(self.dataset))
+            size = len(idx) // cfg.train.grad_accum
+            idx = idx[micro * size:(micro + 1) * size]  # this micro-batch's items
+            shard = self.shard(micro)  # shard 0 draws its images as one process always did
+            seed = cfg.train.seed if shard == 0 else draw_seed(cfg.train.seed, step, shard) % 2**31
             cached = "latent" in batch  # then the images are cached latent frames that encode an image alone
-            drawn = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, cfg.train.seed, step,
+            drawn = extra_image_frames(self.dataset, idx, cfg.data.use_image_num, seed, step,
                                        groups=self.image_groups,
                                        first_only=cached and not self.autoencoder.encodes_frames_alone,
                                        also=("low_latent",) if cached and factor else ())
@@ -382,35 +423,55 @@ class DiffusionTask(Task):
         return d.fps / torch.as_tensor(strides).to(torch.float32)
 
     def step(self, step: int, batch: Optional[dict] = None) -> Optional[dict]:
-        cfg = self.cfg
-        x0, cond, t, noise, draws = self.make_batch(step, batch)
+        """One optimizer step: ``train.grad_accum`` micro-batches, their losses' gradients summed (each
+        loss divided by grad_accum: the mean over the step's examples), averaged over the ranks by DDP
+        in the last micro-batch's backward (the earlier ones skip DDP's sync: ``no_sync``). A step that
+        is non-finite on any rank (any micro-batch's loss, or the gradient) is skipped on every rank."""
+        cfg, accum = self.cfg, self.cfg.train.grad_accum
+        parallel = self.world.world_size > 1
+        if batch is None:
+            batch = self.read_batch(step)
+        micros = split_batch(batch, accum) if accum > 1 else [batch]
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         self.model.train()
-        model = self.model
-        if cfg.data.use_image_num:  # the model's temporal modules skip the trailing image frames
-            model = functools.partial(self.model, num_images=cfg.data.use_image_num)
-        with autocast(self.device, self.precision):
-            terms = training_losses(model, self.schedule, x0, t, cond, prediction=cfg.diffusion.prediction,
-                                    learned_sigma=self.raw_model.learned_sigma, noise=noise,
-                                    loss_weighting=cfg.diffusion.loss_weighting,
-                                    min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                                    self_cond=draws.self_cond)
-        loss = terms["loss"].float().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return None
-        loss.backward()
+        finite, sums = True, {}
+        for micro, part in enumerate(micros):
+            x0, cond, t, noise, draws = self.make_batch(step, part, micro)
+            model = self.model
+            if cfg.data.use_image_num:  # the model's temporal modules skip the trailing image frames
+                model = functools.partial(self.model, num_images=cfg.data.use_image_num)
+            sync = micro == accum - 1 or not parallel
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with autocast(self.device, self.precision):
+                    terms = training_losses(model, self.schedule, x0, t, cond, prediction=cfg.diffusion.prediction,
+                                            learned_sigma=self.raw_model.learned_sigma, noise=noise,
+                                            loss_weighting=cfg.diffusion.loss_weighting,
+                                            min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                                            self_cond=draws.self_cond)
+                loss = terms["loss"].float().mean()
+                finite = finite and bool(torch.isfinite(loss))
+                if not finite and not parallel:  # (with DDP every rank runs every backward: DDP's syncs must pair)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                (loss if accum == 1 else loss / accum).backward()
+            for k, v in (("loss", loss), *((k, terms[k]) for k in ("mse", "vb") if k in terms)):
+                sums[k] = sums.get(k, 0.0) + v.float().mean().item()
         grad_norm = self.clip(self.raw_model.parameters())
-        if not torch.isfinite(grad_norm):
+        finite = finite and bool(torch.isfinite(grad_norm))
+        if parallel:  # non-finite on any rank: skipped on every rank
+            finite = distributed.all_true(finite, self.device if self.device.type == "cuda" else None)
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
         self.ema.update(self.raw_model)
-        out = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"]}
-        for k in ("mse", "vb"):
-            if k in terms:
-                out[k] = terms[k].float().mean().item()
+        means = {k: v / accum for k, v in sums.items()} if accum > 1 else sums
+        if parallel:  # the logged losses are the means over all ranks
+            means = distributed.mean(means, self.device if self.device.type == "cuda" else None)
+        out = {"loss": means["loss"], "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+        out.update({k: means[k] for k in ("mse", "vb") if k in means})
         return out
 
     @torch.no_grad()
