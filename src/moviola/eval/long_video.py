@@ -51,7 +51,6 @@ from __future__ import annotations
 import csv
 import inspect
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -59,7 +58,7 @@ import numpy as np
 import torch
 
 from moviola.eval.shapes_score import (
-    STATIC_FRACTION, _EIGHT_NEIGHBOURS, _as_frames, _target, _videos, foreground, score_video,
+    STATIC_FRACTION, _as_frames, _target, _videos, foreground, label_components, score_video,
 )
 
 SEAM_RATIO = 3.0  # a centroid step above this many expected per-frame travels is a seam
@@ -88,39 +87,13 @@ def windows(frames: int, window: int = 16) -> list[tuple[int, int]]:
     return spans
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected component labels (1..n) of a 2-D bool mask: scipy if importable, else breadth-first search."""
-    try:
-        from scipy import ndimage
-    except ImportError:
-        labels = np.zeros(mask.shape, dtype=np.int32)
-        h, w = mask.shape
-        n = 0
-        for y0, x0 in zip(*np.nonzero(mask)):
-            if labels[y0, x0]:
-                continue
-            n += 1
-            labels[y0, x0] = n
-            queue = deque([(y0, x0)])
-            while queue:
-                y, x = queue.popleft()
-                for dy, dx in _EIGHT_NEIGHBOURS:
-                    ny, nx = y + dy, x + dx
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = n
-                        queue.append((ny, nx))
-        return labels, n
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    return labels, int(n)
-
-
 def _track(fg: np.ndarray, min_area: float) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
     """Per frame: the component count; and for tracked frames (largest component >= min_area pixels) their
     indices, centroids ``(n, 2)`` as (x, y) and boxes ``(n, 4)`` as (x0, x1, y0, y1), inclusive pixel indices."""
     counts = np.zeros(len(fg), dtype=np.int64)
     tracked, centres, boxes = [], [], []
     for t, mask in enumerate(fg):
-        labels, n = _label(mask)
+        labels, n = label_components(mask)
         counts[t] = n
         if n == 0:
             continue

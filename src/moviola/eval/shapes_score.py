@@ -40,7 +40,7 @@ STATIC_FRACTION = 0.25  # displacement under this fraction of the expected trave
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
 _EIGHT_NEIGHBOURS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 
-__all__ = ["count_components", "foreground", "score_batch", "score_video"]
+__all__ = ["count_components", "foreground", "label_components", "score_batch", "score_video"]
 
 
 def _as_frames(video: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -62,35 +62,46 @@ def foreground(frames: np.ndarray) -> np.ndarray:
     return frames.max(axis=-1) > FOREGROUND_THRESHOLD
 
 
-def _count_components_bfs(mask: np.ndarray) -> int:
-    """8-connected components by breadth-first search: the fallback when scipy is missing."""
-    seen = np.zeros_like(mask, dtype=bool)
+def _label_components_bfs(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected component labels (1..n) by breadth-first search: the fallback when scipy is missing."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
     h, w = mask.shape
-    count = 0
+    n = 0
     for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
+        if labels[y0, x0]:
             continue
-        count += 1
-        seen[y0, x0] = True
+        n += 1
+        labels[y0, x0] = n
         queue = deque([(y0, x0)])
         while queue:
             y, x = queue.popleft()
             for dy, dx in _EIGHT_NEIGHBOURS:
                 ny, nx = y + dy, x + dx
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = n
                     queue.append((ny, nx))
-    return count
+    return labels, n
+
+
+def _count_components_bfs(mask: np.ndarray) -> int:
+    """8-connected components by breadth-first search: the fallback when scipy is missing."""
+    return _label_components_bfs(mask)[1]
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected component labels (1..n, 0 = background) of a 2-D bool mask and n (scipy if importable, else
+    breadth-first search)."""
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return _label_components_bfs(mask)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels, int(n)
 
 
 def count_components(mask: np.ndarray) -> int:
     """Number of 8-connected components of a 2-D bool mask (scipy if importable, else BFS)."""
-    try:
-        from scipy import ndimage
-    except ImportError:
-        return _count_components_bfs(mask)
-    _, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    return int(n)
+    return label_components(mask)[1]
 
 
 def _classify_shape(fill: float) -> str:
