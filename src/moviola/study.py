@@ -208,7 +208,8 @@ def run_study(study: Study, only: Optional[list[str]] = None, quiet: bool = Fals
             if trainer.stopped_by:
                 raise KeyboardInterrupt(f"stopped by {trainer.stopped_by}; run the study again to continue")
         results.append(_variant_result(study, v, cfg, run_dir, log))
-    _pair_validation(results)
+    if not only:  # the difference is from the study's first variant, which --only may leave out
+        _pair_validation(results)
     out = {"study": study.name, "steps": study.steps, "eval": dataclasses.asdict(study.eval),
            "command": f"moviola study {study.source}", "variants": results}
     if not only:
