@@ -133,15 +133,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
     pipe = moviola.load_pipeline(args.checkpoint, weights=args.weights, device=args.device)
     keyframes_per_window(pipe)  # a model that cannot interpolate: one line, before the video is read
-    labels = None
-    if args.label:
-        labels = [y for y in args.label for _ in range(args.num_videos)]
-    elif "labels" in pipe.accepts and prompts is None:
-        labels = [i % pipe.config.conditions.num_classes for i in range(args.num_videos)]
-    if prompts is not None:
-        prompts = [p for p in prompts for _ in range(args.num_videos)]
-    elif "text" in pipe.accepts:
-        raise ValueError("this is a text-conditioned model: give --prompt TEXT (\"\" for none) or --prompts-file FILE")
+    prompts, labels = sample.per_video(pipe, args, prompts, "this is a text-conditioned model: give --prompt TEXT "
+                                                            "(\"\" for none) or --prompts-file FILE")
     n = len(prompts) if prompts is not None else len(labels) if labels is not None else args.num_videos
     try:
         video = video_tensor(args.video, "--video")

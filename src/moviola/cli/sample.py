@@ -107,15 +107,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("--negative-prompt needs --prompt or --prompts-file")
     check_kind(args.checkpoint, ("diffusion",), "a diffusion model")
     pipe = moviola.load_pipeline(args.checkpoint, weights=args.weights, device=args.device)
-    labels = None
-    if args.label:
-        labels = [y for y in args.label for _ in range(args.num_videos)]
-    elif "labels" in pipe.accepts and prompts is None:
-        labels = [i % pipe.config.conditions.num_classes for i in range(args.num_videos)]
-    if prompts is not None:
-        prompts = [p for p in prompts for _ in range(args.num_videos)]
-    elif "text" in pipe.accepts:
-        raise ValueError("this is a text-to-video model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    prompts, labels = per_video(pipe, args, prompts, "this is a text-to-video model: give --prompt TEXT "
+                                                     "(repeatable) or --prompts-file FILE")
     _check_upsample(pipe, args)
     # one frame rate: the condition of a model trained with conditions.fps, and the rate the files play at
     args.file_fps = pipe.frame_rate(args.fps)
@@ -234,6 +227,21 @@ def _check_sample_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out}: the suffix must be .mp4, .gif or .png")
     check_output(args.out, "--out")
     check_output(args.out_dir, "--out-dir", directory=True)
+
+
+def per_video(pipe, args: argparse.Namespace, prompts, no_prompt: str):
+    """Each video's prompt and label: ``--num-videos`` of each prompt or ``--label``; a class model given neither
+    gets labels 0, 1, 2, ...; a text model given no prompt is the ValueError ``no_prompt``."""
+    labels = None
+    if args.label:
+        labels = [y for y in args.label for _ in range(args.num_videos)]
+    elif "labels" in pipe.accepts and prompts is None:
+        labels = [i % pipe.config.conditions.num_classes for i in range(args.num_videos)]
+    if prompts is not None:
+        prompts = [p for p in prompts for _ in range(args.num_videos)]
+    elif "text" in pipe.accepts:
+        raise ValueError(no_prompt)
+    return prompts, labels
 
 
 def _check_upsample(pipe, args: argparse.Namespace) -> None:
